@@ -1,0 +1,33 @@
+# The two commands: `make run` and `make test`. Both create .venv on first use
+# (and again when pyproject.toml changes), so a new machine needs only Python.
+
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv lint clean
+
+run: $(STAMP)
+	$(VPY) -m herald.devstack run
+
+test: $(STAMP)
+	$(VPY) -m herald.devstack test $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@PY=""; for c in python3 python3.13 python3.12 python3.11; do \
+	  if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then PY=$$c; break; fi; \
+	done; \
+	if [ -z "$$PY" ]; then echo "Herald needs Python >= 3.11 (python3 --version says: $$(python3 --version 2>&1))"; exit 1; fi; \
+	echo "[herald] creating $(VENV) with $$PY and installing Herald"; \
+	$$PY -m venv $(VENV) && \
+	$(VPY) -m pip install --quiet --upgrade pip && \
+	$(VPY) -m pip install --quiet -e '.[dev,embedded]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VPY) -m ruff check . && $(VPY) -m ruff format --check . && $(VPY) -m mypy .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

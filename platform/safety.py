@@ -1,0 +1,82 @@
+"""Refuse to start production on an unsafe configuration.
+
+Every problem is collected first and reported together, so an operator fixes
+the whole environment in one pass instead of one restart per variable.
+"""
+
+import base64
+import binascii
+from collections.abc import Sequence
+
+ENVIRONMENTS = ("development", "test", "production")
+
+DEV_SECRET_KEY = "django-insecure-herald-development-key-do-not-use-in-production"  # noqa: S105
+# A fixed, public Fernet key: fine for a laptop, refused in production.
+DEV_ENCRYPTION_KEY = "aGVyYWxkLWRldmVsb3BtZW50LWtleS0wMDAwMDAwMDA="
+MIN_SECRET_KEY_LENGTH = 50
+MAX_API_KEY_CACHE_SECONDS = 5.0
+
+
+class UnsafeSettings(SystemExit):
+    """Raised at settings import; SystemExit so the process stops with the message."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"Herald refuses to start with unsafe settings:\n{lines}")
+
+
+def is_fernet_key(value: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(value.encode())) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def refuse_unsafe_settings(
+    *,
+    herald_env: str,
+    debug: bool,
+    secret_key: str,
+    allowed_hosts: Sequence[str],
+    encryption_keys: Sequence[str],
+    api_key_cache_seconds: float,
+) -> None:
+    problems: list[str] = []
+    if api_key_cache_seconds < 0 or api_key_cache_seconds > MAX_API_KEY_CACHE_SECONDS:
+        problems.append(
+            "HERALD_API_KEY_CACHE_SECONDS must be between 0 and "
+            f"{MAX_API_KEY_CACHE_SECONDS:g} (revocation must take effect within 5 s)"
+        )
+    bad_keys = [index for index, key in enumerate(encryption_keys) if not is_fernet_key(key)]
+    if bad_keys:
+        problems.append(
+            "HERALD_ENCRYPTION_KEYS entries at positions "
+            f"{', '.join(map(str, bad_keys))} are not Fernet keys "
+            "(32 url-safe base64-encoded bytes; make one with `python -c "
+            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)"
+        )
+
+    if herald_env == "production":
+        if debug:
+            problems.append("DEBUG is on; set DEBUG=false")
+        if secret_key == DEV_SECRET_KEY:
+            problems.append("SECRET_KEY is the development default; set a random one")
+        elif len(secret_key) < MIN_SECRET_KEY_LENGTH or len(set(secret_key)) < 5:
+            problems.append(
+                f"SECRET_KEY is too short or too simple; use at least {MIN_SECRET_KEY_LENGTH} "
+                "random characters"
+            )
+        if not allowed_hosts:
+            problems.append("ALLOWED_HOSTS is empty; list the hostnames Herald serves")
+        elif "*" in allowed_hosts:
+            problems.append("ALLOWED_HOSTS contains '*'; list the hostnames Herald serves")
+        if not encryption_keys:
+            problems.append(
+                "HERALD_ENCRYPTION_KEYS is missing; provider secrets can not be encrypted"
+            )
+        elif DEV_ENCRYPTION_KEY in encryption_keys:
+            problems.append("HERALD_ENCRYPTION_KEYS contains the public development key")
+
+    if problems:
+        raise UnsafeSettings(problems)

@@ -1,0 +1,243 @@
+"""Herald settings: every value comes from the environment, with a safe default.
+
+The variables are listed, with their defaults, in the README's configuration
+table. With ``HERALD_ENV=production`` the process refuses to start on an unsafe
+configuration (see ``herald.safety``).
+"""
+
+from pathlib import Path
+from urllib.parse import unquote
+
+import environ
+
+from herald import safety
+from herald.sentry import sentry_init
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+HERALD_ENV: str = env.str("HERALD_ENV", default="development")
+if HERALD_ENV not in safety.ENVIRONMENTS:
+    raise safety.UnsafeSettings(
+        [f"HERALD_ENV must be one of {', '.join(safety.ENVIRONMENTS)}, not {HERALD_ENV!r}"]
+    )
+IS_PRODUCTION = HERALD_ENV == "production"
+
+DEBUG: bool = env.bool("DEBUG", default=not IS_PRODUCTION)
+SECRET_KEY: str = env.str("SECRET_KEY", default=safety.DEV_SECRET_KEY)
+ALLOWED_HOSTS: list[str] = env.list(
+    "ALLOWED_HOSTS",
+    default=[] if IS_PRODUCTION else ["localhost", ".localhost", "127.0.0.1", "[::1]"],
+)
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# Fernet keys for provider secrets at rest. The first encrypts; all decrypt,
+# so a key is rotated by putting the new one first.
+HERALD_ENCRYPTION_KEYS: list[str] = env.list(
+    "HERALD_ENCRYPTION_KEYS", default=[] if IS_PRODUCTION else [safety.DEV_ENCRYPTION_KEY]
+)
+
+HERALD_BASE_DOMAIN: str = env.str("HERALD_BASE_DOMAIN", default="localhost")
+HERALD_DATA_DIR = Path(env.str("HERALD_DATA_DIR", default=str(BASE_DIR / ".herald")))
+
+# How long a process trusts an API key it has looked up; revocation and
+# suspension take effect within this many seconds everywhere.
+HERALD_API_KEY_CACHE_SECONDS: float = env.float("HERALD_API_KEY_CACHE_SECONDS", default=3.0)
+# last_used_at is written at most this often per key.
+HERALD_API_KEY_TOUCH_SECONDS: float = env.float("HERALD_API_KEY_TOUCH_SECONDS", default=60.0)
+
+safety.refuse_unsafe_settings(
+    herald_env=HERALD_ENV,
+    debug=DEBUG,
+    secret_key=SECRET_KEY,
+    allowed_hosts=ALLOWED_HOSTS,
+    encryption_keys=HERALD_ENCRYPTION_KEYS,
+    api_key_cache_seconds=HERALD_API_KEY_CACHE_SECONDS,
+)
+
+# --- Applications ------------------------------------------------------------
+
+SHARED_APPS = [
+    "django_tenants",
+    "tenants",
+    "unfold",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "dashboard",
+]
+TENANT_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "rules_engine",
+    "channels_delivery",
+]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+PUBLIC_SCHEMA_NAME = "public"
+
+MIDDLEWARE = [
+    "tenants.middleware.TenantResolutionMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "herald.urls_tenant"
+PUBLIC_SCHEMA_URLCONF = "herald.urls_public"
+API_URLCONF = "herald.urls_api"
+WSGI_APPLICATION = "herald.wsgi.application"
+ASGI_APPLICATION = "herald.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Data stores ---------------------------------------------------------------
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/herald"),
+}
+DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
+# A Unix-socket directory arrives percent-encoded in the URL's host part.
+DATABASES["default"]["HOST"] = unquote(str(DATABASES["default"].get("HOST", "")))
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL: str = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_FUNCTION": "django_tenants.cache.make_key",
+        "REVERSE_KEY_FUNCTION": "django_tenants.cache.reverse_key",
+    },
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "herald:ws"},
+    },
+}
+
+# --- Celery (herald.celery reads the CELERY_* names) ---------------------------
+
+CELERY_BROKER_URL: str = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis redelivers an unacknowledged task after this long; tasks here are
+# short, and long waits live in PostgreSQL rows (DESIGN.md).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=150)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "rules_engine.*": {"queue": "pipeline"},
+    "channels_delivery.*": {"queue": "delivery"},
+}
+CELERY_TASK_TENANT_CACHE_SECONDS = 30
+# A task whose message was redelivered more often than this (its worker died
+# every time) is failed instead of run again.
+HERALD_TASK_MAX_DELIVERIES: int = env.int("HERALD_TASK_MAX_DELIVERIES", default=5)
+CELERY_BEAT_SCHEDULE_FILENAME = str(HERALD_DATA_DIR / "celerybeat-schedule")
+
+# --- HTTP ------------------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(HERALD_DATA_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if IS_PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+# Outside production, static files are served straight from the apps.
+WHITENOISE_USE_FINDERS = not IS_PRODUCTION
+WHITENOISE_AUTOREFRESH = DEBUG
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=IS_PRODUCTION)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=IS_PRODUCTION)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Dashboard -------------------------------------------------------------------
+
+UNFOLD = {
+    "SITE_TITLE": "Herald",
+    "SITE_HEADER": "Herald",
+    "SITE_SYMBOL": "campaign",
+    "SHOW_HISTORY": True,
+}
+
+# --- Logging and error reporting ------------------------------------------------
+
+LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+SENTRY_DSN: str = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    sentry_init(
+        dsn=SENTRY_DSN,
+        environment=env.str("SENTRY_ENVIRONMENT", default=HERALD_ENV),
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+    )
+
+CELERY_BEAT_SCHEDULE = {
+    "worker-heartbeat": {"task": "herald.worker_heartbeat", "schedule": 30.0},
+}

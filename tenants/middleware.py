@@ -1,0 +1,83 @@
+"""Find the tenant of every request and switch the connection to its schema.
+
+API requests (``/api/``) are resolved by API key, never by hostname: a request
+with a missing or bad key is refused with a problem response and never falls
+through to the public schema. Everything else (the dashboards) is resolved by
+hostname, as django-tenants does.
+"""
+
+import logging
+
+import sentry_sdk
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.urls import set_urlconf
+from django_tenants.middleware.main import TenantMainMiddleware
+
+from herald.problems import problem_response
+from herald.views import healthz
+from tenants.authentication import AuthenticationFailed, api_key_authenticate
+from tenants.db import tenant_connection
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/"
+# Served without a key: the API's own description.
+PUBLIC_API_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/docs"})
+# Answered for every Host header, before any tenant lookup or host validation.
+HEALTH_PATHS = frozenset({"/healthz"})
+
+
+class TenantResolutionMiddleware(TenantMainMiddleware):
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        tenant_connection.set_schema_to_public()
+        path = request.path_info
+        if path in HEALTH_PATHS:
+            # Load balancers probe by IP address: answer before host validation.
+            return healthz(request)
+        if path.startswith(API_PREFIX):
+            return self._resolve_api_request(request)
+        try:
+            response: HttpResponse | None = super().process_request(request)
+        except DatabaseError:
+            logger.exception("database unavailable while resolving the tenant")
+            return HttpResponse("Service unavailable", status=503, headers={"Retry-After": "5"})
+        tenant = getattr(request, "tenant", None)
+        if tenant is not None and not tenant.is_active:
+            tenant_connection.set_schema_to_public()
+            return HttpResponse("This tenant is suspended.", status=403)
+        if tenant is not None:
+            sentry_sdk.set_tag("tenant", tenant.schema_name)
+        return response
+
+    def _resolve_api_request(self, request: HttpRequest) -> HttpResponse | None:
+        request.urlconf = settings.API_URLCONF  # type: ignore[attr-defined]
+        set_urlconf(request.urlconf)  # type: ignore[attr-defined]
+        if request.path_info in PUBLIC_API_PATHS:
+            return None
+        try:
+            principal = api_key_authenticate(authorization=request.headers.get("Authorization"))
+        except AuthenticationFailed as failure:
+            headers = {"WWW-Authenticate": 'Bearer realm="herald"'} if failure.status == 401 else {}
+            return problem_response(
+                status=failure.status,
+                slug=failure.slug,
+                title=failure.title,
+                detail=failure.detail,
+                headers=headers,
+            )
+        except DatabaseError:
+            logger.exception("database unavailable while authenticating an API key")
+            return problem_response(
+                status=503,
+                slug="service-unavailable",
+                title="Service unavailable",
+                detail="Herald's database is unreachable; retry shortly.",
+                headers={"Retry-After": "5"},
+            )
+        request.api_key = principal  # type: ignore[attr-defined]
+        request.tenant = principal.tenant  # type: ignore[attr-defined]
+        tenant_connection.set_tenant(principal.tenant)
+        sentry_sdk.set_tag("tenant", principal.tenant.schema_name)
+        return None
