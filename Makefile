@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: $(STAMP)
-	$(VPY) -m ruff check . && $(VPY) -m ruff format --check . && $(VPY) -m mypy .
+	$(VPY) -m ruff check . && $(VPY) -m ruff format --check . && $(VPY) -m mypy
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

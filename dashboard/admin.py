@@ -1,5 +1,7 @@
 """Admin registrations for both dashboards (see dashboard.sites)."""
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
@@ -64,6 +66,12 @@ class TenantAdmin(ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         return super().get_queryset(request).exclude(schema_name="public")
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if "is_active" in form.changed_data:
+            # Through the service, so this process forgets the tenant's keys at once.
+            tenant_set_active(tenant=obj, is_active=obj.is_active)
 
     @action(description="Suspend: refuse the tenant's API keys and dashboard")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:

@@ -6,14 +6,17 @@ tenant's schema. Endpoints declare the scope they need with ``require_scope``.
 Every error leaves as application/problem+json.
 """
 
+import logging
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.errors import HttpError, ValidationError
 
 from herald.problems import problem_response
 from tenants.authentication import ApiKeyPrincipal
+
+logger = logging.getLogger(__name__)
 
 api = NinjaAPI(
     title="Herald API",
@@ -82,13 +85,6 @@ def validation_failed(request: HttpRequest, exc: ValidationError) -> HttpRespons
     )
 
 
-@api.exception_handler(AuthenticationError)
-def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return problem_response(
-        status=401, slug="invalid-api-key", title="Invalid API key", detail=str(exc)
-    )
-
-
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return problem_response(
@@ -103,6 +99,18 @@ def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
         slug="not-found",
         title="Not found",
         detail=str(exc) or "No such resource in this tenant.",
+    )
+
+
+@api.exception_handler(Exception)
+def unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # Logged at ERROR, so Sentry's logging integration reports it with the tenant tag.
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    return problem_response(
+        status=500,
+        slug="internal-error",
+        title="Internal error",
+        detail="Herald could not complete this request; the error has been logged.",
     )
 
 

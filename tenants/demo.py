@@ -18,7 +18,12 @@ from django_tenants.utils import schema_context
 
 from tenants.authentication import token_hash
 from tenants.models import ApiKey, ApiScope, Tenant
-from tenants.services import api_key_create, public_tenant_ensure, tenant_create
+from tenants.services import (
+    api_key_create,
+    api_key_revoke,
+    public_tenant_ensure,
+    tenant_create,
+)
 
 DEMO_SLUG = "demo"
 DEMO_ADMIN_EMAIL = "admin@demo.example.com"
@@ -110,6 +115,9 @@ def demo_ensure() -> DemoInstallation:
         else None
     )
     if live_key is None:
+        # A key we can no longer print is a key nobody should hold: revoke it.
+        for stale in ApiKey.objects.filter(tenant=tenant, name="demo", revoked_at=None):
+            api_key_revoke(api_key=stale)
         token = api_key_create(tenant=tenant, name="demo", scopes=[ApiScope.ADMIN]).token
         credentials["api_key"] = token
         notes.append("issued a new demo API key")

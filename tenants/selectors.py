@@ -16,6 +16,7 @@ def api_key_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
 def api_key_find(*, tenant: Tenant, identifier: str) -> ApiKey | None:
     """A key of this tenant by id or by its visible prefix."""
     keys = api_key_list(tenant=tenant)
+    identifier = identifier.strip().rstrip("…")  # as api_key_list prints it
     if identifier.isdigit():
         return keys.filter(pk=int(identifier)).first()
     return keys.filter(prefix=identifier).first()

@@ -72,6 +72,9 @@ def tenant_slug_validate(slug: str) -> None:
         raise ProvisioningError("slug", f"{slug!r} is reserved; choose another slug")
     if "--" in slug:
         raise ProvisioningError("slug", f"{slug!r} contains '--'; use single hyphens")
+    if slug.startswith("pg-"):
+        # The schema would be pg_…, a prefix PostgreSQL keeps for itself.
+        raise ProvisioningError("slug", f"{slug!r} starts with 'pg-', which is reserved")
 
 
 def schema_name_for(slug: str) -> str:

@@ -107,3 +107,32 @@ def test_demo_issues_a_new_key_when_the_old_one_was_revoked(tmp_path: Path, sett
     second = demo_ensure()
     assert "issued a new demo API key" in second.notes
     assert second.api_key != first.api_key
+
+
+def test_platform_init_registers_staff_hostnames_idempotently() -> None:
+    from tenants.models import Domain
+
+    for _ in range(2):
+        output = run("platform_init", "--domain", "ops.example.com")
+    assert "localhost, ops.example.com" in output
+    public = Tenant.objects.get(schema_name="public")
+    assert set(Domain.objects.filter(tenant=public).values_list("domain", flat=True)) >= {
+        "localhost",
+        "ops.example.com",
+    }
+
+
+def test_api_key_revoke_accepts_the_prefix_as_listed(tenant_a: Tenant) -> None:
+    run("api_key_create", "--tenant", "alpha", "--name", "listed")
+    api_key = ApiKey.objects.get(tenant=tenant_a, name="listed")
+    assert "Revoked" in run("api_key_revoke", "--tenant", "alpha", f"{api_key.prefix}…")
+
+
+def test_demo_revokes_a_key_it_can_no_longer_print(tmp_path: Path, settings: Any) -> None:
+    settings.HERALD_DATA_DIR = tmp_path
+    first = demo_ensure()
+    (tmp_path / "demo.json").unlink()
+    demo_ensure()
+    old = ApiKey.objects.get(tenant__slug="demo", prefix=first.api_key[:16])
+    assert old.revoked_at is not None
+    assert ApiKey.objects.filter(tenant__slug="demo", revoked_at=None).count() == 1

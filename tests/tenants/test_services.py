@@ -77,6 +77,7 @@ def test_given_password_is_used_and_not_echoed() -> None:
         ("1acme", "not a valid slug"),
         ("a" * 41, "not a valid slug"),
         ("ac--me", "single hyphens"),
+        ("pg-stuff", "reserved"),
         ("acme; drop schema public", "not a valid slug"),
         ("alpha", "already taken"),
     ],
