@@ -99,16 +99,8 @@ class ApiKeyAdmin(ModelAdmin):
     ]
     list_filter = ["tenant"]
     search_fields = ["name", "prefix", "tenant__slug"]
-    readonly_fields = [
-        "tenant",
-        "name",
-        "prefix",
-        "scopes",
-        "created_at",
-        "last_used_at",
-        "expires_at",
-        "revoked_at",
-    ]
+    # Nothing about a key is editable: it is issued, used and revoked.
+    readonly_fields = list_display
     exclude = ["key_hash"]
     actions = ["revoke"]
 

@@ -267,15 +267,8 @@ def command_run(arguments: argparse.Namespace) -> int:
         demo = json.loads(manage(env, "demo_bootstrap", "--json", capture=True))
         for note in demo["notes"]:
             say(note)
-        celery = [sys.executable, "-m", "celery", "-A", "herald.celery:app"]
-        supervisor.start(
-            "web",
-            [
-                sys.executable, "-m", "uvicorn", "herald.asgi:application",
-                "--host", host, "--port", str(port), "--no-access-log",
-            ],
-            env,
-        )  # fmt: skip
+        # --quiet: no banners, so the welcome below is not buried under them.
+        celery = [sys.executable, "-m", "celery", "--quiet", "-A", "herald.celery:app"]
         supervisor.start(
             "worker",
             [*celery, "worker", "-Q", "default,pipeline,delivery", "--loglevel", "INFO",
@@ -286,6 +279,14 @@ def command_run(arguments: argparse.Namespace) -> int:
             "beat",
             [*celery, "beat", "--loglevel", "INFO",
              "-s", str(Path(env["HERALD_DATA_DIR"]) / "celerybeat-schedule")],
+            env,
+        )  # fmt: skip
+        supervisor.start(
+            "web",
+            [
+                sys.executable, "-m", "uvicorn", "herald.asgi:application",
+                "--host", host, "--port", str(port), "--no-access-log", "--lifespan", "off",
+            ],
             env,
         )  # fmt: skip
         if supervisor.wait_for_port("web", host, port, timeout=WEB_START_TIMEOUT_SECONDS):

@@ -1,0 +1,90 @@
+"""The staff dashboard's tenant and key pages, and what they do through the services."""
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from tenants.models import ApiKey, Tenant
+from tests.conftest import TENANT_PASSWORD
+from tests.factories import api_key_issue
+
+pytestmark = pytest.mark.django_db
+
+STAFF_HOST = "localhost"
+
+
+@pytest.fixture
+def staff_client(client: Client) -> Client:
+    User.objects.create_superuser(username="ops", password=TENANT_PASSWORD)
+    assert client.login(username="ops", password=TENANT_PASSWORD)
+    return client
+
+
+def test_staff_pages_render(staff_client: Client, tenant_a: Tenant) -> None:
+    key = api_key_issue(tenant=tenant_a)
+    for url in (
+        "/admin/",
+        "/admin/tenants/tenant/",
+        f"/admin/tenants/tenant/{tenant_a.pk}/change/",
+        "/admin/tenants/plan/",
+        "/admin/tenants/apikey/",
+        f"/admin/tenants/apikey/{key.api_key.pk}/change/",
+    ):
+        response = staff_client.get(url, HTTP_HOST=STAFF_HOST)
+        assert response.status_code == 200, url
+        assert key.token not in response.content.decode()
+        assert key.api_key.key_hash not in response.content.decode()
+
+
+def test_public_tenant_is_not_listed(staff_client: Client, tenant_a: Tenant) -> None:
+    response = staff_client.get("/admin/tenants/tenant/", HTTP_HOST=STAFF_HOST)
+    assert response.status_code == 200
+    listed = [tenant.slug for tenant in response.context["cl"].result_list]
+    assert "public" not in listed
+    assert {"alpha", "beta"} <= set(listed)
+
+
+def test_suspend_action_refuses_keys_at_once(staff_client: Client, tenant_a: Tenant) -> None:
+    key = api_key_issue(tenant=tenant_a)
+    auth = {"Authorization": f"Bearer {key.token}"}
+    assert staff_client.get("/api/v1/me", headers=auth).status_code == 200
+    staff_client.post(
+        "/admin/tenants/tenant/",
+        {"action": "suspend", "_selected_action": [tenant_a.pk]},
+        HTTP_HOST=STAFF_HOST,
+    )
+    tenant_a.refresh_from_db()
+    assert tenant_a.is_active is False
+    assert staff_client.get("/api/v1/me", headers=auth).status_code == 403
+
+    staff_client.post(
+        "/admin/tenants/tenant/",
+        {"action": "resume", "_selected_action": [tenant_a.pk]},
+        HTTP_HOST=STAFF_HOST,
+    )
+    assert staff_client.get("/api/v1/me", headers=auth).status_code == 200
+
+
+def test_revoke_action(staff_client: Client, tenant_a: Tenant) -> None:
+    key = api_key_issue(tenant=tenant_a)
+    staff_client.post(
+        "/admin/tenants/apikey/",
+        {"action": "revoke", "_selected_action": [key.api_key.pk]},
+        HTTP_HOST=STAFF_HOST,
+    )
+    assert ApiKey.objects.get(pk=key.api_key.pk).revoked_at is not None
+    response = staff_client.get("/api/v1/me", headers={"Authorization": f"Bearer {key.token}"})
+    assert response.status_code == 401
+
+
+def test_keys_and_tenants_can_not_be_added_from_the_dashboard(staff_client: Client) -> None:
+    for url in ("/admin/tenants/tenant/add/", "/admin/tenants/apikey/add/"):
+        assert staff_client.get(url, HTTP_HOST=STAFF_HOST).status_code == 403
+
+
+def test_non_staff_can_not_open_the_staff_dashboard(client: Client, db: None) -> None:
+    User.objects.create_user(username="someone", password=TENANT_PASSWORD)
+    client.login(username="someone", password=TENANT_PASSWORD)
+    response = client.get("/admin/tenants/tenant/", HTTP_HOST=STAFF_HOST)
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
