@@ -129,3 +129,10 @@ def test_healthz_answers_any_host(client: Client, db: None, host: str) -> None:
     response = client.get("/healthz", HTTP_HOST=host)
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "up"}
+
+
+@pytest.mark.parametrize("host", ["localhost", "alpha.localhost"])
+def test_root_leads_to_the_dashboard(client: Client, db: None, host: str) -> None:
+    response = client.get("/", HTTP_HOST=host)
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/"
