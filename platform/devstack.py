@@ -78,17 +78,24 @@ def _ensure_database(admin_url: str, name: str) -> None:
 
 
 def _check_database(url: str) -> None:
+    """Check DATABASE_URL answers; create its database when only that is missing."""
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     # libpq reads a percent-encoded Unix socket directory in the host part.
     dsn = url.replace("postgres://", "postgresql://", 1)
     try:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
+        return
     except psycopg.OperationalError as error:
-        raise DevstackError(
-            f"DATABASE_URL is set but PostgreSQL can not be reached: {error}"
-        ) from None
+        problem = error
+    name = conninfo_to_dict(dsn).get("dbname")
+    if name and "does not exist" in str(problem):
+        admin = make_conninfo(dsn, dbname="postgres")
+        _ensure_database(admin, str(name))
+        return
+    raise DevstackError(f"DATABASE_URL is set but PostgreSQL can not be reached: {problem}")
 
 
 def resolve_postgres(data_dir: Path, *, database: str) -> tuple[str, Any]:

@@ -190,3 +190,17 @@ def test_unreachable_redis_url_fails_with_a_clear_message(monkeypatch: pytest.Mo
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(devstack.DevstackError, match="REDIS_URL is set but nothing answers"):
         devstack.resolve_redis(Path(tempfile.mkdtemp()), db=0)
+
+
+@pytest.mark.django_db
+def test_database_url_naming_a_missing_database_creates_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"herald_missing_{uuid.uuid4().hex[:8]}"
+    url = server_url(name).replace("postgresql://", "postgres://")
+    monkeypatch.setenv("DATABASE_URL", url)
+    try:
+        assert devstack.resolve_postgres(Path(tempfile.mkdtemp()), database="unused")[0] == url
+        with psycopg.connect(server_url(name)) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (name,)
+    finally:
+        with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
