@@ -13,6 +13,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
 
+from herald.jsonbody import BodyProblem, HeraldParser
+from herald.pagination import InvalidCursor
 from herald.problems import problem_response
 from tenants.authentication import ApiKeyPrincipal
 
@@ -29,6 +31,7 @@ api = NinjaAPI(
     urls_namespace="api-v1",
     docs_url="/docs",
     openapi_url="/openapi.json",
+    parser=HeraldParser(),
 )
 api.openapi_extra = {
     "components": {
@@ -39,9 +42,9 @@ api.openapi_extra = {
 
 
 class InsufficientScope(Exception):
-    def __init__(self, scope: str) -> None:
-        super().__init__(scope)
-        self.scope = scope
+    def __init__(self, *scopes: str) -> None:
+        super().__init__(" or ".join(scopes))
+        self.scopes = scopes
 
 
 def principal_of(request: HttpRequest) -> ApiKeyPrincipal:
@@ -50,28 +53,41 @@ def principal_of(request: HttpRequest) -> ApiKeyPrincipal:
 
 
 def require_scope(request: HttpRequest, scope: str) -> ApiKeyPrincipal:
+    return require_any_scope(request, scope)
+
+
+def require_any_scope(request: HttpRequest, *scopes: str) -> ApiKeyPrincipal:
     principal = principal_of(request)
-    if not principal.has_scope(scope):
-        raise InsufficientScope(scope)
+    if not any(principal.has_scope(scope) for scope in scopes):
+        raise InsufficientScope(*scopes)
     return principal
 
 
 @api.exception_handler(InsufficientScope)
 def insufficient_scope(request: HttpRequest, exc: InsufficientScope) -> HttpResponse:
+    needed = " or ".join(f"'{scope}'" for scope in exc.scopes)
     return problem_response(
         status=403,
         slug="insufficient-scope",
         title="Insufficient scope",
-        detail=f"This endpoint needs an API key with the '{exc.scope}' scope.",
-        required_scope=exc.scope,
+        detail=f"This endpoint needs an API key with the {needed} scope.",
+        required_scope=exc.scopes[0] if len(exc.scopes) == 1 else list(exc.scopes),
     )
+
+
+def _pointer(location: tuple[Any, ...] | list[Any]) -> str:
+    """A JSON pointer into the request: body fields from the body's root."""
+    parts = list(location)
+    # django-ninja reports body fields as ("body", <parameter name>, field, …).
+    parts = parts[2:] if parts[:1] == ["body"] else parts
+    return "/" + "/".join(str(part) for part in parts)
 
 
 @api.exception_handler(ValidationError)
 def validation_failed(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     errors: list[dict[str, Any]] = [
         {
-            "pointer": "/" + "/".join(str(part) for part in error.get("loc", ())[1:]),
+            "pointer": _pointer(error.get("loc", ())),
             "detail": error.get("msg", "invalid"),
         }
         for error in exc.errors
@@ -87,8 +103,24 @@ def validation_failed(request: HttpRequest, exc: ValidationError) -> HttpRespons
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    cause = exc.__cause__
+    if isinstance(cause, BodyProblem):  # django-ninja wraps parser errors in a 400
+        return problem_response(
+            status=cause.status,
+            slug=cause.slug,
+            title=cause.title,
+            detail=cause.detail,
+            **cause.extensions,
+        )
     return problem_response(
         status=exc.status_code, slug=f"http-{exc.status_code}", title=str(exc), detail=str(exc)
+    )
+
+
+@api.exception_handler(InvalidCursor)
+def invalid_cursor(request: HttpRequest, exc: InvalidCursor) -> HttpResponse:
+    return problem_response(
+        status=400, slug="invalid-cursor", title="Invalid cursor", detail=str(exc)
     )
 
 
@@ -112,6 +144,22 @@ def unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
         title="Internal error",
         detail="Herald could not complete this request; the error has been logged.",
     )
+
+
+def _register_routers() -> None:
+    from channels_delivery.api import router as messages
+    from rules_engine.api.events import router as events
+    from rules_engine.api.preferences import defaults_router as preference_defaults
+    from rules_engine.api.preferences import router as preferences
+    from rules_engine.api.subscribers import router as subscribers
+    from rules_engine.api.topics import router as topics
+
+    api.add_router("/events", events)
+    api.add_router("/subscribers", subscribers)
+    api.add_router("/subscribers", preferences)
+    api.add_router("/preferences", preference_defaults)
+    api.add_router("/topics", topics)
+    api.add_router("/messages", messages)
 
 
 class KeyOut(Schema):
@@ -142,3 +190,6 @@ def me(request: HttpRequest) -> dict[str, Any]:
             "scopes": sorted(principal.scopes),
         },
     }
+
+
+_register_routers()

@@ -69,6 +69,8 @@ SHARED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # Serves Swagger UI's assets for /api/v1/docs locally instead of from a CDN.
+    "ninja",
     "dashboard",
 ]
 TENANT_APPS = [
@@ -90,6 +92,7 @@ MIDDLEWARE = [
     # Static files need no tenant: served before the tenant lookup.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "tenants.middleware.TenantResolutionMiddleware",
+    "herald.middleware.ApiProblemMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -176,6 +179,20 @@ CELERY_TASK_TENANT_CACHE_SECONDS = 30
 HERALD_TASK_MAX_DELIVERIES: int = env.int("HERALD_TASK_MAX_DELIVERIES", default=5)
 CELERY_BEAT_SCHEDULE_FILENAME = str(HERALD_DATA_DIR / "celerybeat-schedule")
 
+# --- API -------------------------------------------------------------------------
+
+# The same Idempotency-Key within this window replays the original response.
+HERALD_IDEMPOTENCY_WINDOW_DAYS: int = env.int("HERALD_IDEMPOTENCY_WINDOW_DAYS", default=7)
+HERALD_MAX_BODY_BYTES: int = env.int("HERALD_MAX_BODY_BYTES", default=512 * 1024)
+# Batch and bulk endpoints take up to 1,000 items.
+HERALD_MAX_BATCH_BODY_BYTES: int = env.int("HERALD_MAX_BATCH_BODY_BYTES", default=8 * 1024 * 1024)
+HERALD_MAX_JSON_DEPTH: int = env.int("HERALD_MAX_JSON_DEPTH", default=32)
+HERALD_MAX_BATCH_ITEMS = 1000
+# How long a process trusts its copy of a tenant's event types (and schemas).
+HERALD_EVENT_TYPE_CACHE_SECONDS: float = env.float("HERALD_EVENT_TYPE_CACHE_SECONDS", default=5.0)
+# Django refuses larger bodies outright; the per-endpoint caps above are smaller.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(HERALD_MAX_BODY_BYTES, HERALD_MAX_BATCH_BODY_BYTES)
+
 # --- HTTP ------------------------------------------------------------------------
 
 STATIC_URL = "static/"
@@ -210,6 +227,19 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Per-tenant API rate limit (herald.limits): a token bucket in Redis refilled at
+# the plan's api_requests_per_second and holding that many seconds of requests.
+HERALD_RATE_LIMIT_ENABLED: bool = env.bool("HERALD_RATE_LIMIT_ENABLED", default=True)
+HERALD_RATE_LIMIT_BURST_SECONDS: float = env.float("HERALD_RATE_LIMIT_BURST_SECONDS", default=2.0)
+# The rate of a tenant that has no plan.
+HERALD_RATE_LIMIT_DEFAULT_PER_SECOND: int = env.int(
+    "HERALD_RATE_LIMIT_DEFAULT_PER_SECOND", default=20
+)
+# The limiter and the event quota fail open: a Redis slower than this is skipped.
+HERALD_LIMITS_REDIS_TIMEOUT_SECONDS: float = env.float(
+    "HERALD_LIMITS_REDIS_TIMEOUT_SECONDS", default=0.25
+)
+
 # --- Dashboard -------------------------------------------------------------------
 
 UNFOLD = {
@@ -242,4 +272,5 @@ if SENTRY_DSN:
 
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "herald.worker_heartbeat", "schedule": 30.0},
+    "events-sweep": {"task": "rules_engine.events_sweep_all", "schedule": 15.0},
 }

@@ -120,7 +120,7 @@ def token_from_authorization(header: str | None) -> str:
 
 def _load(key_hash: str, *, now: float) -> _Entry | None:
     try:
-        api_key = ApiKey.objects.select_related("tenant").get(key_hash=key_hash)
+        api_key = ApiKey.objects.select_related("tenant", "tenant__plan").get(key_hash=key_hash)
     except ApiKey.DoesNotExist:
         return None
     principal = ApiKeyPrincipal(

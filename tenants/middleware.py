@@ -12,9 +12,11 @@ import sentry_sdk
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.urls import set_urlconf
 from django_tenants.middleware.main import TenantMainMiddleware
 
+from herald.limits import RateLimitDecision, rate_limit_check, rate_limited_response
 from herald.problems import problem_response
 from herald.views import healthz
 from tenants.authentication import AuthenticationFailed, api_key_authenticate
@@ -76,8 +78,23 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
                 detail="Herald's database is unreachable; retry shortly.",
                 headers={"Retry-After": "5"},
             )
+        # Checked before switching schema: a refused request never runs in the tenant's.
+        decision = rate_limit_check(tenant=principal.tenant)
+        if decision is not None:
+            request.rate_limit = decision  # type: ignore[attr-defined]
+            if not decision.allowed:
+                return rate_limited_response(decision)
         request.api_key = principal  # type: ignore[attr-defined]
         request.tenant = principal.tenant  # type: ignore[attr-defined]
         tenant_connection.set_tenant(principal.tenant)
         sentry_sdk.set_tag("tenant", principal.tenant.schema_name)
         return None
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        decision: RateLimitDecision | None = getattr(request, "rate_limit", None)
+        if decision is not None:
+            for name, value in decision.headers().items():
+                response.headers.setdefault(name, value)
+        return response

@@ -31,6 +31,11 @@ class Tenant(TenantMixin):
     is_active = models.BooleanField(
         default=True, help_text="A suspended tenant's API keys and dashboard are refused."
     )
+    strict_event_types = models.BooleanField(
+        default=False,
+        help_text="Refuse events whose type has not been declared (otherwise they are "
+        "accepted and recorded as matching no rule).",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     # The schema is created (and migrated) when the row is first saved; it is

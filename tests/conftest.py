@@ -5,15 +5,20 @@ made once per session, committed (so worker processes see them too), and every
 test runs inside a transaction that is rolled back, as pytest-django does.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
+from django.test import Client
+from django.utils import timezone
 from django_tenants.utils import tenant_context
 
+from herald.limits import event_quota_key, limits_redis, month_bounds
 from tenants.authentication import api_key_cache
 from tenants.db import tenant_connection
 from tenants.models import Tenant
 from tenants.services import public_tenant_ensure, tenant_create
+from tests.factories import api_key_issue
 
 TENANT_PASSWORD = "correct-horse-battery-staple-42"
 
@@ -33,6 +38,19 @@ def django_db_setup(django_db_setup: None, django_db_blocker: pytest.FixtureRequ
 
 
 @pytest.fixture(autouse=True)
+def _rate_limit_only_where_tested(request: pytest.FixtureRequest, settings: Any) -> None:
+    """Tests send bursts of requests; the limiter is on only for tests marked rate_limited."""
+    settings.HERALD_RATE_LIMIT_ENABLED = request.node.get_closest_marker("rate_limited") is not None
+
+
+@pytest.fixture(autouse=True)
+def _fresh_event_quota() -> None:
+    """The quota counters live in Redis, outside the rolled-back transaction."""
+    month_start, _ = month_bounds(timezone.now())
+    limits_redis().delete(*(event_quota_key(slug, month_start) for slug in ("alpha", "beta")))
+
+
+@pytest.fixture(autouse=True)
 def _public_schema_and_cold_cache() -> Iterator[None]:
     tenant_connection.set_schema_to_public()
     api_key_cache.clear()
@@ -49,6 +67,34 @@ def tenant_a(db: None) -> Tenant:
 @pytest.fixture
 def tenant_b(db: None) -> Tenant:
     return Tenant.objects.get(slug="beta")
+
+
+class ApiClient(Client):
+    """A test client that sends one tenant's API key with every request."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(headers={"Authorization": f"Bearer {token}"})
+        self.token = token
+
+
+@pytest.fixture
+def api_client_for(db: None) -> Callable[..., ApiClient]:
+    """``api_client_for(tenant, scopes=[...])``: a client with a fresh key of that tenant."""
+
+    def make(tenant: Tenant, scopes: Iterable[str] = ("admin",)) -> ApiClient:
+        return ApiClient(api_key_issue(tenant=tenant, scopes=scopes).token)
+
+    return make
+
+
+@pytest.fixture
+def api_a(api_client_for: Callable[..., ApiClient], tenant_a: Tenant) -> ApiClient:
+    return api_client_for(tenant_a)
+
+
+@pytest.fixture
+def api_b(api_client_for: Callable[..., ApiClient], tenant_b: Tenant) -> ApiClient:
+    return api_client_for(tenant_b)
 
 
 @pytest.fixture

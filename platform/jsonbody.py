@@ -1,0 +1,113 @@
+"""Parsing API request bodies: strict JSON, with errors that say where it broke.
+
+The standard library parser recurses per nesting level, so a hostile body of
+``[[[[…`` would exhaust the stack; the depth is capped (HERALD_MAX_JSON_DEPTH)
+and a RecursionError is reported as "too deep" rather than a server error.
+"""
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja.parser import Parser
+
+
+class BodyProblem(ValueError):
+    """A request body that is not acceptable JSON; becomes a problem response."""
+
+    slug = "malformed-json"
+    title = "Malformed JSON"
+    status = 400
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extensions = extensions
+
+
+class JsonTooDeep(BodyProblem):
+    slug = "json-too-deep"
+    title = "JSON nested too deeply"
+
+
+class NulCharacter(BodyProblem):
+    """PostgreSQL can not store U+0000 in text or JSONB, so it is refused up front."""
+
+    slug = "nul-character"
+    title = "NUL character in JSON"
+    status = 422
+
+
+def _nul_pointer(value: Any, path: str = "") -> str | None:
+    """The JSON pointer of the first string (or key) holding U+0000, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            escaped = str(key).replace("~", "~0").replace("/", "~1")
+            if "\x00" in str(key):
+                return f"{path}/{escaped}"
+            found = _nul_pointer(item, f"{path}/{escaped}")
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_pointer(item, f"{path}/{index}")
+            if found is not None:
+                return found
+    return None
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when ``value`` nests containers more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_json_body(body: bytes) -> Any:
+    limit: int = settings.HERALD_MAX_JSON_DEPTH
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BodyProblem(
+            f"The body is not valid UTF-8 (byte {error.start}).", position=error.start
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BodyProblem(
+            f"{error.msg} at line {error.lineno}, column {error.colno} (character {error.pos}).",
+            line=error.lineno,
+            column=error.colno,
+            position=error.pos,
+        ) from None
+    except RecursionError:
+        raise JsonTooDeep(f"The body nests deeper than {limit} levels.", max_depth=limit) from None
+    if json_depth_exceeds(data, limit):
+        raise JsonTooDeep(f"The body nests deeper than {limit} levels.", max_depth=limit)
+    # Cheap test on the raw text first; the walk only runs when it may be needed.
+    if "\\u0000" in text:
+        pointer = _nul_pointer(data)
+        if pointer is not None:
+            raise NulCharacter(
+                f"Text at {pointer or '/'} contains U+0000 (NUL), which Herald can not store.",
+                pointer=pointer or "/",
+            )
+    return data
+
+
+class HeraldParser(Parser):
+    def parse_body(self, request: HttpRequest) -> Any:
+        return parse_json_body(request.body)

@@ -1,0 +1,170 @@
+"""Per-tenant models: what happens (event types, events) and to whom (subscribers,
+topics, preferences). Rules and templates join them in the Rules engine issue."""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Upper
+from django.utils.timezone import now
+
+from channels_delivery.catalogue import Channel
+
+
+class EventType(models.Model):
+    key = models.CharField(max_length=200, unique=True, help_text="e.g. order.shipped")
+    name = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    category = models.CharField(max_length=100, blank=True, db_index=True)
+    payload_schema = models.JSONField(
+        null=True, blank=True, help_text="JSON Schema every payload of this type must match."
+    )
+    # Bumped whenever payload_schema changes: compiled validators are cached per version.
+    schema_version = models.PositiveIntegerField(default=1, editable=False)
+    sample_payload = models.JSONField(default=dict, blank=True)
+    is_critical = models.BooleanField(
+        default=False, help_text="Critical events reach subscribers even when they opted out."
+    )
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Subscriber(models.Model):
+    external_id = models.CharField(max_length=200, unique=True)
+    email = models.EmailField(blank=True)
+    phone = models.CharField(max_length=16, blank=True, help_text="E.164, e.g. +14155550100")
+    name = models.CharField(max_length=200, blank=True)
+    locale = models.CharField(max_length=35, blank=True)
+    timezone = models.CharField(max_length=64, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    # Addresses that are not email or phone: push subscriptions, chat webhooks.
+    channels = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["external_id"]
+        indexes = [
+            models.Index(fields=["created_at", "id"], name="subscriber_created_idx"),
+            models.Index(Upper("email"), name="subscriber_email_ci_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Topic(models.Model):
+    key = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    subscribers: "models.ManyToManyField[Subscriber, TopicMembership]" = models.ManyToManyField(
+        Subscriber, through="TopicMembership", related_name="topics"
+    )
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class TopicMembership(models.Model):
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="memberships")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="memberships")
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "subscriber"], name="topic_member_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic_id}:{self.subscriber_id}"
+
+
+class Preference(models.Model):
+    """Opt-in or out of a channel, for one event type, one category, or everything.
+
+    A row without a subscriber is the tenant's default for everybody.
+    """
+
+    subscriber = models.ForeignKey(
+        Subscriber, null=True, blank=True, on_delete=models.CASCADE, related_name="preferences"
+    )
+    event_type_key = models.CharField(max_length=200, blank=True)
+    category = models.CharField(max_length=100, blank=True)
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    enabled = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscriber", "event_type_key", "category", "channel"],
+                name="preference_once",
+                nulls_distinct=False,
+            ),
+            models.CheckConstraint(
+                condition=Q(event_type_key="") | Q(category=""),
+                name="preference_one_scope",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.event_type_key or self.category or "*"
+        return f"{self.subscriber_id or 'default'} {scope} {self.channel}={self.enabled}"
+
+
+class EventStatus(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    PROCESSING = "processing", "Processing"
+    PROCESSED = "processed", "Processed"
+    NO_MATCH = "no_match", "No rule matched"
+    FAILED = "failed", "Failed"
+
+
+class Event(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    event_type_key = models.CharField(max_length=200, db_index=True)
+    recipients = models.JSONField(default=list, blank=True)
+    topic = models.CharField(max_length=200, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    actor = models.JSONField(null=True, blank=True)
+    tenant_data = models.JSONField(null=True, blank=True)
+    send_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=20, choices=EventStatus.choices, default=EventStatus.ACCEPTED
+    )
+    # NULL, not "", for "no key": the unique index covers only rows with a key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    request_hash = models.CharField(max_length=64, blank=True)
+    # The pipeline's record of what it decided and why (rules, recipients).
+    outcome = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=now, db_index=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="event_idempotency_key_once",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["status", "created_at"],
+                name="event_pending_idx",
+                condition=Q(status__in=["accepted", "processing"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type_key} {self.id}"

@@ -1,0 +1,315 @@
+"""Accepting events: validation, idempotency, storage, and the hand-off to the pipeline.
+
+An event is stored with one INSERT and handed to the pipeline after the
+transaction commits. An idempotency key makes the INSERT ``ON CONFLICT DO
+NOTHING`` on a unique index, so two concurrent requests with one key create
+one row: the second waits for the first to commit, inserts nothing, and reads
+the first's row to replay its response. Within the window (default 7 days) the
+same key with a different body is refused; after it, the key is free again.
+"""
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from herald.limits import event_quota_consume, event_quota_refund
+from rules_engine.event_types import EventTypeInfo, event_types_current
+from rules_engine.models import Event, EventStatus
+from tenants.models import Tenant
+
+MAX_ERRORS_PER_EVENT = 20
+PIPELINE_CHUNK = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class FieldError:
+    pointer: str
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventDraft:
+    """A syntactically valid event, as the API parsed it."""
+
+    event: str
+    recipients: list[Any] = field(default_factory=list)
+    topic: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    actor: Any = None
+    tenant_data: dict[str, Any] | None = None
+    send_at: datetime | None = None
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        """A hash of everything but the key: what 'the same request' means."""
+        content = asdict(self)
+        content.pop("idempotency_key")
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventReceipt:
+    id: uuid.UUID
+    status: str
+    created_at: datetime
+    replayed: bool = False
+
+
+class EventRejected(Exception):
+    """The event is refused; the fields become a problem response."""
+
+    def __init__(
+        self,
+        *,
+        slug: str,
+        title: str,
+        detail: str,
+        errors: Sequence[FieldError] = (),
+        status: int = 422,
+    ) -> None:
+        super().__init__(detail)
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.errors = list(errors)
+        self.status = status
+
+
+def _json_pointer(parts: Sequence[Any]) -> str:
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def event_errors(*, draft: EventDraft, strict: bool) -> list[FieldError]:
+    """What is wrong with this event for this tenant (unknown type, payload schema)."""
+    info: EventTypeInfo | None = event_types_current().get(draft.event)
+    if info is None:
+        if strict:
+            return [
+                FieldError(
+                    pointer="/event",
+                    detail=f"unknown event type {draft.event!r}; this tenant only accepts "
+                    "declared event types (strict mode)",
+                )
+            ]
+        return []
+    if info.validator is None:
+        return []
+    errors = sorted(info.validator.iter_errors(draft.payload), key=lambda e: list(e.path))
+    return [
+        FieldError(
+            pointer="/payload" + _json_pointer(list(error.absolute_path)), detail=error.message
+        )
+        for error in errors[:MAX_ERRORS_PER_EVENT]
+    ]
+
+
+def _rejection(errors: list[FieldError]) -> EventRejected:
+    unknown_type = len(errors) == 1 and errors[0].pointer == "/event"
+    return EventRejected(
+        slug="unknown-event-type" if unknown_type else "validation-failed",
+        title="Unknown event type" if unknown_type else "Validation failed",
+        detail="; ".join(f"{error.pointer}: {error.detail}" for error in errors),
+        errors=errors,
+    )
+
+
+def _key_reused(key: str) -> EventRejected:
+    return EventRejected(
+        slug="idempotency-key-reused",
+        title="Idempotency key reused",
+        detail=f"The idempotency key {key!r} was used for a different request within the "
+        f"last {settings.HERALD_IDEMPOTENCY_WINDOW_DAYS} days.",
+        errors=[FieldError(pointer="/idempotency_key", detail="used for a different request")],
+    )
+
+
+def _new_event(draft: EventDraft, *, now: datetime) -> Event:
+    return Event(
+        id=uuid.uuid4(),
+        event_type_key=draft.event,
+        recipients=draft.recipients,
+        topic=draft.topic,
+        payload=draft.payload,
+        actor=draft.actor,
+        tenant_data=draft.tenant_data,
+        send_at=draft.send_at,
+        idempotency_key=draft.idempotency_key,
+        request_hash=draft.fingerprint() if draft.idempotency_key else "",
+        created_at=now,
+    )
+
+
+def _is_due(event: Event, now: datetime) -> bool:
+    return event.send_at is None or event.send_at <= now
+
+
+def _enqueue(event_ids: list[uuid.UUID]) -> None:
+    """Hand events to the pipeline once the rows are committed.
+
+    ``robust``: if the broker is down the request still succeeds (the event is
+    stored) and the error is logged; the sweeper enqueues the event later.
+    """
+    from rules_engine.tasks import event_process, event_process_many
+
+    if not event_ids:
+        return
+    if len(event_ids) == 1:
+        only = str(event_ids[0])
+        transaction.on_commit(lambda: event_process.delay(only), robust=True)
+        return
+    for start in range(0, len(event_ids), PIPELINE_CHUNK):
+        chunk = [str(event_id) for event_id in event_ids[start : start + PIPELINE_CHUNK]]
+        transaction.on_commit(
+            lambda chunk=chunk: event_process_many.delay(chunk),  # type: ignore[misc]
+            robust=True,
+        )
+
+
+def _window_start(now: datetime) -> datetime:
+    return now - timedelta(days=settings.HERALD_IDEMPOTENCY_WINDOW_DAYS)
+
+
+def event_ingest(*, tenant: Tenant, draft: EventDraft) -> EventReceipt:
+    """Store one event (or find the one this idempotency key already made).
+
+    Counts against the tenant's monthly quota (raises herald.limits.QuotaExceeded);
+    a replay is given back.
+    """
+    errors = event_errors(draft=draft, strict=tenant.strict_event_types)
+    if errors:
+        raise _rejection(errors)
+    event_quota_consume(tenant=tenant, count=1)
+    try:
+        receipt = _event_store(draft)
+    except EventRejected:
+        event_quota_refund(tenant=tenant, count=1)
+        raise
+    if receipt.replayed:
+        event_quota_refund(tenant=tenant, count=1)
+    return receipt
+
+
+def _event_store(draft: EventDraft) -> EventReceipt:
+    now = timezone.now()
+    event = _new_event(draft, now=now)
+    if draft.idempotency_key is None:
+        event.save(force_insert=True)
+        if _is_due(event, now):
+            _enqueue([event.id])
+        return EventReceipt(id=event.id, status=EventStatus.ACCEPTED, created_at=now)
+
+    key = draft.idempotency_key
+    for _ in range(2):  # a second pass only after freeing an expired key
+        Event.objects.bulk_create([event], ignore_conflicts=True)
+        existing = (
+            Event.objects.filter(idempotency_key=key)
+            .values("id", "request_hash", "created_at")
+            .first()
+        )
+        if existing is None:  # the holder of the key was deleted meanwhile
+            continue
+        if existing["id"] == event.id:
+            if _is_due(event, now):
+                _enqueue([event.id])
+            return EventReceipt(id=event.id, status=EventStatus.ACCEPTED, created_at=now)
+        if existing["created_at"] < _window_start(now):
+            Event.objects.filter(pk=existing["id"], idempotency_key=key).update(
+                idempotency_key=None
+            )
+            continue
+        if existing["request_hash"] != event.request_hash:
+            raise _key_reused(key)
+        return EventReceipt(
+            id=existing["id"],
+            status=EventStatus.ACCEPTED,
+            created_at=existing["created_at"],
+            replayed=True,
+        )
+    raise EventRejected(
+        slug="conflict",
+        title="Conflict",
+        detail=f"The idempotency key {key!r} is being used concurrently; retry.",
+        status=409,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchItemResult:
+    index: int
+    receipt: EventReceipt | None = None
+    rejection: EventRejected | None = None
+
+
+def event_ingest_many(
+    *, tenant: Tenant, drafts: Sequence[tuple[int, EventDraft]]
+) -> list[BatchItemResult]:
+    """Store many events with one INSERT; each item succeeds or fails on its own.
+
+    The valid items count against the monthly quota together: if they do not
+    all fit, herald.limits.QuotaExceeded is raised and nothing is stored.
+    Replays and refused items are given back.
+    """
+    results: dict[int, BatchItemResult] = {}
+    now = timezone.now()
+    events: list[tuple[int, EventDraft, Event]] = []
+    for index, draft in drafts:
+        errors = event_errors(draft=draft, strict=tenant.strict_event_types)
+        if errors:
+            results[index] = BatchItemResult(index=index, rejection=_rejection(errors))
+        else:
+            events.append((index, draft, _new_event(draft, now=now)))
+    event_quota_consume(tenant=tenant, count=len(events))
+    not_stored = 0
+
+    Event.objects.bulk_create(
+        [event for _, _, event in events], ignore_conflicts=True, batch_size=1000
+    )
+    keys = {event.idempotency_key for _, _, event in events if event.idempotency_key}
+    holders = {
+        row["idempotency_key"]: row
+        for row in Event.objects.filter(idempotency_key__in=keys).values(
+            "id", "idempotency_key", "request_hash", "created_at"
+        )
+    }
+    inserted: list[uuid.UUID] = []
+    for index, draft, event in events:
+        key = event.idempotency_key
+        holder = holders.get(key) if key else None
+        if key is None or (holder is not None and holder["id"] == event.id):
+            receipt = EventReceipt(id=event.id, status=EventStatus.ACCEPTED, created_at=now)
+            if _is_due(event, now):
+                inserted.append(event.id)
+            results[index] = BatchItemResult(index=index, receipt=receipt)
+        elif holder is None or holder["created_at"] < _window_start(now):
+            # Rare: the key's holder expired or vanished; take the careful path.
+            try:
+                receipt = _event_store(draft)
+                not_stored += receipt.replayed
+                results[index] = BatchItemResult(index=index, receipt=receipt)
+            except EventRejected as rejection:
+                not_stored += 1
+                results[index] = BatchItemResult(index=index, rejection=rejection)
+        elif holder["request_hash"] != event.request_hash:
+            not_stored += 1
+            results[index] = BatchItemResult(index=index, rejection=_key_reused(key))
+        else:
+            not_stored += 1
+            replay = EventReceipt(
+                id=holder["id"],
+                status=EventStatus.ACCEPTED,
+                created_at=holder["created_at"],
+                replayed=True,
+            )
+            results[index] = BatchItemResult(index=index, receipt=replay)
+    event_quota_refund(tenant=tenant, count=not_stored)
+    _enqueue(inserted)
+    return [results[index] for index in sorted(results)]
