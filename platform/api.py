@@ -12,6 +12,7 @@ from typing import Any
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
+from ninja.security import HttpBearer
 
 from herald.jsonbody import BodyProblem, HeraldParser
 from herald.pagination import InvalidCursor
@@ -20,7 +21,68 @@ from tenants.authentication import ApiKeyPrincipal
 
 logger = logging.getLogger(__name__)
 
-api = NinjaAPI(
+
+class ApiKeyAuth(HttpBearer):
+    """Declares the bearer scheme in the OpenAPI document.
+
+    The key itself is checked by tenants.middleware before any endpoint runs
+    (so a refusal is a problem document, never a fall-through); here the
+    request only has to carry the principal that the middleware attached.
+    """
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKeyPrincipal | None:
+        principal: ApiKeyPrincipal | None = getattr(request, "api_key", None)
+        return principal
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An RFC 9457 problem document.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "urn:herald:problem:<slug>, stable"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+# Problems any operation may answer, besides those it declares itself.
+COMMON_PROBLEMS = {
+    "400": "Malformed JSON, JSON nested too deeply, or an unreadable request",
+    "401": "Missing, malformed, unknown, revoked or expired API key",
+    "403": "Suspended tenant, or a key without the scope this operation needs",
+    "413": "Request body too large",
+    "429": "Request rate or monthly event quota exceeded (Retry-After)",
+    "500": "Unexpected error",
+}
+
+
+class HeraldNinjaAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        """Errors are documented as what they are: application/problem+json."""
+        schema = super().get_openapi_schema(**kwargs)
+        schema["components"].setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        problem = {"$ref": "#/components/schemas/Problem"}
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for status, response in responses.items():
+                    if str(status)[0] in "45":
+                        body = response.get("content", {}).get("application/json")
+                        response["content"] = {
+                            "application/problem+json": body or {"schema": problem}
+                        }
+                for status, description in COMMON_PROBLEMS.items():
+                    if status not in responses and int(status) not in responses:
+                        responses[status] = {
+                            "description": description,
+                            "content": {"application/problem+json": {"schema": problem}},
+                        }
+        return schema
+
+
+api = HeraldNinjaAPI(
     title="Herald API",
     version="1",
     description=(
@@ -32,13 +94,8 @@ api = NinjaAPI(
     docs_url="/docs",
     openapi_url="/openapi.json",
     parser=HeraldParser(),
+    auth=ApiKeyAuth(),
 )
-api.openapi_extra = {
-    "components": {
-        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-    },
-    "security": [{"apiKey": []}],
-}
 
 
 class InsufficientScope(Exception):

@@ -30,6 +30,14 @@ class ApiProblemMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path_info.startswith(API_PREFIX):
             return self.get_response(request)
+        if "\x00" in request.path_info or "%00" in request.META.get("QUERY_STRING", ""):
+            # PostgreSQL can not compare text with NUL in it: refuse before any lookup.
+            return problem_response(
+                status=400,
+                slug="nul-character",
+                title="NUL character in the URL",
+                detail="The path or query string contains U+0000 (%00).",
+            )
         limit = body_limit_for(request.path_info)
         try:
             length = int(request.headers.get("Content-Length") or 0)

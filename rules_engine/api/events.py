@@ -1,7 +1,7 @@
 """/api/v1/events: send events (one or a batch) and read them back."""
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.http import Http404, HttpRequest, HttpResponse
+from django.utils import timezone
 from ninja import Router, Schema, Status
 from pydantic import (
     AwareDatetime,
@@ -38,6 +39,7 @@ ExternalId = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_SCHEDULE_AHEAD = timedelta(days=365)
 
 
 class InlineSubscriber(Schema):
@@ -86,6 +88,21 @@ class EventIn(Schema):
         default=None, description="Deliver at this time instead of now (with a UTC offset)."
     )
     tenant_data: dict[str, Any] | None = None
+
+    @field_validator("send_at")
+    @classmethod
+    def send_at_in_utc(cls, value: datetime | None) -> datetime | None:
+        """Stored in UTC (PostgreSQL refuses offsets beyond ±15:59), at most a year ahead."""
+        if value is None:
+            return None
+        try:
+            in_utc = value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("send_at is out of range") from None
+        if in_utc - timezone.now() > MAX_SCHEDULE_AHEAD:
+            raise ValueError("send_at may be at most 365 days ahead")
+        return in_utc
+
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,

@@ -1,6 +1,7 @@
 """The API's error handling: every failure leaves as application/problem+json."""
 
 import json
+from typing import Any
 
 import pytest
 from django.test import RequestFactory
@@ -51,3 +52,15 @@ def test_scope_check(tenant_a: Tenant) -> None:
         tenant=tenant_a,
     )
     assert require_scope(request, "messages:read").key_id == 2
+
+
+@pytest.mark.django_db
+def test_openapi_documents_bearer_auth_and_problem_errors(client: Any) -> None:
+    document = client.get("/api/v1/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert any(s == {"type": "http", "scheme": "bearer"} for s in schemes.values())
+    send = document["paths"]["/api/v1/events"]["post"]
+    assert send["security"]
+    for status in ("400", "401", "403", "413", "422", "429", "500"):
+        assert "application/problem+json" in send["responses"][status]["content"], status
+    assert "application/json" in send["responses"]["202"]["content"]

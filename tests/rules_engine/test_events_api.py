@@ -485,3 +485,37 @@ def test_nul_character_is_422_not_a_server_error(api_a: ApiClient, tenant_a: Ten
     assert events_of(tenant_a) == []
     escaped_backslash = b'{"event": "x", "payload": {"note": "a\\\\u0000b"}}'  # text, not NUL
     assert post(api_a, escaped_backslash).status_code == 202
+
+
+def test_send_at_is_stored_in_utc_whatever_its_offset(api_a: ApiClient, tenant_a: Tenant) -> None:
+    # PostgreSQL refuses offsets beyond ±15:59; Herald converts to UTC first.
+    later = timezone.now() + timedelta(days=2)
+    local = later.astimezone(timezone.get_fixed_timezone(16 * 60)).isoformat()
+    assert post(api_a, {"event": "x", "send_at": local}).status_code == 202
+    batch = post(api_a, {"events": [{"event": "y", "send_at": local}]}, "/api/v1/events/batch")
+    assert batch.json()["accepted"] == 1
+    with tenant_context(tenant_a):
+        stored = {e.send_at for e in Event.objects.all()}
+    assert len(stored) == 1
+    assert abs((stored.pop() - later).total_seconds()) < 1
+
+
+@pytest.mark.parametrize("send_at", ["9999-12-31T23:00:00-10:00", "2999-01-01T00:00:00+00:00"])
+def test_send_at_out_of_range_is_422(api_a: ApiClient, send_at: str) -> None:
+    problem = assert_problem(
+        post(api_a, {"event": "x", "send_at": send_at}), 422, "validation-failed"
+    )
+    assert problem["errors"][0]["pointer"] == "/send_at"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/subscribers/a%00",
+        "/api/v1/topics/a%00/subscribers",
+        "/api/v1/subscribers?email=%00",
+        "/api/v1/messages?subscriber=x%00",
+    ],
+)
+def test_nul_in_the_url_is_400_not_a_server_error(api_a: ApiClient, url: str) -> None:
+    assert_problem(api_a.get(url), 400, "nul-character")
