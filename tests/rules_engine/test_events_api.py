@@ -495,7 +495,7 @@ def test_send_at_is_stored_in_utc_whatever_its_offset(api_a: ApiClient, tenant_a
     batch = post(api_a, {"events": [{"event": "y", "send_at": local}]}, "/api/v1/events/batch")
     assert batch.json()["accepted"] == 1
     with tenant_context(tenant_a):
-        stored = {e.send_at for e in Event.objects.all()}
+        stored = {e.send_at for e in Event.objects.all() if e.send_at is not None}
     assert len(stored) == 1
     assert abs((stored.pop() - later).total_seconds()) < 1
 
