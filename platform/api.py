@@ -53,6 +53,7 @@ COMMON_PROBLEMS = {
     "401": "Missing, malformed, unknown, revoked or expired API key",
     "403": "Suspended tenant, or a key without the scope this operation needs",
     "413": "Request body too large",
+    "422": "Validation failed: the errors name each field (a JSON pointer)",
     "429": "Request rate or monthly event quota exceeded (Retry-After)",
     "500": "Unexpected error",
 }
