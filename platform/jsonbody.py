@@ -60,19 +60,22 @@ def _nul_pointer(value: Any, path: str = "") -> str | None:
 
 
 def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """True when ``value`` nests containers more than ``limit`` levels deep."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    """True when ``value`` nests containers more than ``limit`` levels deep.
+
+    Walks one level at a time (a list per level, not a stack entry per item),
+    which is several times cheaper on wide bodies such as 1,000-event batches.
+    """
+    level: list[Any] = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        next_level: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            next_level.extend(child for child in children if isinstance(child, dict | list))
+        level = next_level
     return False
 
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 from ninja import Router, Schema, Status
 from pydantic import (
     AwareDatetime,
+    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
@@ -42,7 +43,9 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_SCHEDULE_AHEAD = timedelta(days=365)
 
 
-class InlineSubscriber(Schema):
+# Request bodies are plain pydantic models: a ninja Schema validates each
+# batch item a second time through its ORM-attribute path.
+class InlineSubscriber(BaseModel):
     """A recipient given in full: created or updated when the event is processed."""
 
     model_config = ConfigDict(extra="forbid")
@@ -67,7 +70,7 @@ class InlineSubscriber(Schema):
         return value
 
 
-class EventIn(Schema):
+class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event: str = Field(
