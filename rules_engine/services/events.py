@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from herald.limits import event_quota_consume, event_quota_refund
@@ -242,6 +242,46 @@ def _event_store(draft: EventDraft) -> EventReceipt:
     )
 
 
+_BATCH_INSERT = """
+INSERT INTO {table} (id, event_type_key, recipients, topic, payload, actor, tenant_data,
+                     send_at, status, idempotency_key, request_hash, outcome, created_at)
+SELECT r.id, r.event_type_key, r.recipients, r.topic, r.payload, r.actor, r.tenant_data,
+       r.send_at, %s, r.idempotency_key, r.request_hash, '{{}}'::jsonb, %s
+FROM jsonb_to_recordset(%s::jsonb) AS r(
+    id uuid, event_type_key text, recipients jsonb, topic text, payload jsonb, actor jsonb,
+    tenant_data jsonb, send_at timestamptz, idempotency_key text, request_hash text)
+ON CONFLICT DO NOTHING
+"""
+
+
+def _events_insert_ignoring_conflicts(events: Sequence[Event], *, now: datetime) -> None:
+    """One INSERT for the whole batch, its rows passed as one JSON document.
+
+    Django's bulk_create sends a PostgreSQL array per column, which psycopg
+    escapes value by value in Python: several times slower for 1,000 rows.
+    """
+    if not events:
+        return
+    rows = [
+        {
+            "id": str(event.id),
+            "event_type_key": event.event_type_key,
+            "recipients": event.recipients,
+            "topic": event.topic,
+            "payload": event.payload,
+            "actor": event.actor,
+            "tenant_data": event.tenant_data,
+            "send_at": event.send_at.isoformat() if event.send_at else None,
+            "idempotency_key": event.idempotency_key,
+            "request_hash": event.request_hash,
+        }
+        for event in events
+    ]
+    sql = _BATCH_INSERT.format(table=connection.ops.quote_name(Event._meta.db_table))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [EventStatus.ACCEPTED, now, json.dumps(rows)])
+
+
 @dataclass(frozen=True, kw_only=True)
 class BatchItemResult:
     index: int
@@ -270,9 +310,7 @@ def event_ingest_many(
     event_quota_consume(tenant=tenant, count=len(events))
     not_stored = 0
 
-    Event.objects.bulk_create(
-        [event for _, _, event in events], ignore_conflicts=True, batch_size=1000
-    )
+    _events_insert_ignoring_conflicts([event for _, _, event in events], now=now)
     keys = {event.idempotency_key for _, _, event in events if event.idempotency_key}
     holders = {
         row["idempotency_key"]: row

@@ -519,3 +519,35 @@ def test_send_at_out_of_range_is_422(api_a: ApiClient, send_at: str) -> None:
 )
 def test_nul_in_the_url_is_400_not_a_server_error(api_a: ApiClient, url: str) -> None:
     assert_problem(api_a.get(url), 400, "nul-character")
+
+
+def test_batch_stores_events_exactly_as_the_single_endpoint(
+    api_a: ApiClient, tenant_a: Tenant
+) -> None:
+    later = (timezone.now() + timedelta(hours=1)).replace(microsecond=0)
+    full = {
+        "event": "order.shipped",
+        "to": ["u-1", {"id": "u-2", "email": "u2@example.com"}],
+        "topic": "orders",
+        "payload": {"items": [{"sku": "S", "qty": 2}], "note": 'é ü \\ " end'},
+        "actor": "u-9",
+        "tenant_data": {"region": "eu"},
+        "send_at": later.isoformat(),
+        "idempotency_key": "same-fields",
+    }
+    bare = {"event": "bare"}
+    single = [post(api_a, full).json()["id"], post(api_a, bare).json()["id"]]
+    batch_body = {"events": [{**full, "idempotency_key": "same-fields-2"}, bare]}
+    batch = [r["id"] for r in post(api_a, batch_body, "/api/v1/events/batch").json()["results"]]
+    fields = [
+        "event_type_key", "recipients", "topic", "payload", "actor", "tenant_data", "send_at",
+        "status", "outcome", "processed_at",
+    ]  # fmt: skip
+    with tenant_context(tenant_a):
+        rows = {str(row["id"]): row for row in Event.objects.values("id", *fields)}
+        for single_id, batch_id in zip(single, batch, strict=True):
+            assert {k: rows[single_id][k] for k in fields} == {k: rows[batch_id][k] for k in fields}
+        # Missing optional fields are SQL NULL in both paths, not JSON null.
+        assert Event.objects.filter(id__in=[single[1], batch[1]], actor__isnull=True).count() == 2
+        hashes = {Event.objects.get(id=i).request_hash for i in (batch[0], single[0])}
+        assert len(hashes) == 1
