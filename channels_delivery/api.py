@@ -11,18 +11,11 @@ from pydantic import Field
 from channels_delivery.catalogue import Channel
 from channels_delivery.models import AttemptOutcome, Message, MessageStatus
 from channels_delivery.selectors import message_get, message_list
-from herald.api import require_scope
+from herald.api import ProblemOut, require_scope
 from herald.pagination import DEFAULT_LIMIT, MAX_LIMIT, cursor_paginate
 from tenants.models import ApiScope
 
 router = Router(tags=["messages"])
-
-
-class ProblemOut(Schema):
-    type: str
-    title: str
-    status: int
-    detail: str
 
 
 class MessageOut(Schema):

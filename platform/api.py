@@ -10,13 +10,13 @@ import logging
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse
-from ninja import NinjaAPI, Schema
+from ninja import Field, NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
 from ninja.security import HttpBearer
 
 from herald.jsonbody import BodyProblem, HeraldParser
 from herald.pagination import InvalidCursor
-from herald.problems import problem_response
+from herald.problems import FieldError, problem_response, validation_problem
 from tenants.authentication import ApiKeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -143,19 +143,11 @@ def _pointer(location: tuple[Any, ...] | list[Any]) -> str:
 
 @api.exception_handler(ValidationError)
 def validation_failed(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    errors: list[dict[str, Any]] = [
-        {
-            "pointer": _pointer(error.get("loc", ())),
-            "detail": error.get("msg", "invalid"),
-        }
-        for error in exc.errors
-    ]
-    return problem_response(
-        status=422,
-        slug="validation-failed",
-        title="Validation failed",
-        detail="; ".join(f"{e['pointer']}: {e['detail']}" for e in errors) or "Invalid request.",
-        errors=errors,
+    return validation_problem(
+        [
+            FieldError(pointer=_pointer(error.get("loc", ())), detail=error.get("msg", "invalid"))
+            for error in exc.errors
+        ]
     )
 
 
@@ -178,7 +170,10 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 @api.exception_handler(InvalidCursor)
 def invalid_cursor(request: HttpRequest, exc: InvalidCursor) -> HttpResponse:
     return problem_response(
-        status=400, slug="invalid-cursor", title="Invalid cursor", detail=str(exc)
+        status=400,
+        slug="invalid-cursor",
+        title="Invalid cursor",
+        detail=f"{exc} Pass the next_cursor of the previous page, or no cursor for the first.",
     )
 
 
@@ -218,6 +213,22 @@ def _register_routers() -> None:
     api.add_router("/preferences", preference_defaults)
     api.add_router("/topics", topics)
     api.add_router("/messages", messages)
+
+
+class ProblemOut(Schema):
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class FieldErrorOut(Schema):
+    pointer: str = Field(description="JSON pointer to the field, e.g. /email")
+    detail: str
+
+
+class ValidationProblemOut(ProblemOut):
+    errors: list[FieldErrorOut] = []
 
 
 class KeyOut(Schema):

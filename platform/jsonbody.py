@@ -12,6 +12,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja.parser import Parser
 
+from herald.problems import json_pointer
+
 
 class BodyProblem(ValueError):
     """A request body that is not acceptable JSON; becomes a problem response."""
@@ -45,10 +47,10 @@ def _nul_pointer(value: Any, path: str = "") -> str | None:
         return path if "\x00" in value else None
     if isinstance(value, dict):
         for key, item in value.items():
-            escaped = str(key).replace("~", "~0").replace("/", "~1")
+            here = path + json_pointer([key])
             if "\x00" in str(key):
-                return f"{path}/{escaped}"
-            found = _nul_pointer(item, f"{path}/{escaped}")
+                return here
+            found = _nul_pointer(item, here)
             if found is not None:
                 return found
     if isinstance(value, list):

@@ -21,14 +21,13 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from herald.api import require_scope
+from herald.api import FieldErrorOut, ProblemOut, require_scope
 from herald.limits import QuotaExceeded, quota_exceeded_response
-from herald.problems import problem_response
+from herald.problems import FieldError, field_errors_out, problem_response
 from rules_engine.selectors.events import event_get
 from rules_engine.services.events import (
     EventDraft,
     EventRejected,
-    FieldError,
     event_ingest,
     event_ingest_many,
 )
@@ -120,13 +119,6 @@ class EventAccepted(Schema):
     created_at: datetime
 
 
-class ProblemOut(Schema):
-    type: str
-    title: str
-    status: int
-    detail: str
-
-
 class BatchIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,18 +129,13 @@ class BatchIn(Schema):
     )
 
 
-class ItemError(Schema):
-    pointer: str
-    detail: str
-
-
 class BatchItemOut(Schema):
     index: int
     id: UUID | None = None
     status: str
     replayed: bool = False
     type: str | None = None
-    errors: list[ItemError] = []
+    errors: list[FieldErrorOut] = []
 
 
 class BatchOut(Schema):
@@ -223,7 +210,7 @@ def rejection_response(rejection: EventRejected) -> HttpResponse:
         slug=rejection.slug,
         title=rejection.title,
         detail=rejection.detail,
-        errors=[{"pointer": e.pointer, "detail": e.detail} for e in rejection.errors],
+        errors=field_errors_out(rejection.errors),
     )
 
 
@@ -312,7 +299,7 @@ def event_send_batch(request: HttpRequest, body: BatchIn) -> Any:
                 "index": index,
                 "status": "rejected",
                 "type": f"urn:herald:problem:{rejection.slug}",
-                "errors": [{"pointer": e.pointer, "detail": e.detail} for e in rejection.errors],
+                "errors": field_errors_out(rejection.errors),
             }
         )
     items.sort(key=lambda item: item["index"])

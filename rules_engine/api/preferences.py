@@ -11,11 +11,9 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Field, Router, Schema
 from pydantic import ConfigDict
 
-from herald.api import require_scope
+from herald.api import ProblemOut, ValidationProblemOut, require_scope
 from herald.problems import problem_response
 from rules_engine.api.subscribers import (
-    ProblemOut,
-    ValidationProblemOut,
     invalid_input_response,
     require_read_scope,
     require_write_scope,
@@ -83,6 +81,18 @@ def _preferences_out(preferences: list[EffectivePreference]) -> dict[str, Any]:
     }
 
 
+def _settings(body: PreferencesIn) -> list[PreferenceSetting]:
+    return [
+        PreferenceSetting(
+            event_type=item.event_type or "",
+            category=item.category or "",
+            channel=item.channel,
+            enabled=item.enabled,
+        )
+        for item in body.preferences
+    ]
+
+
 def critical_opt_out_response(refusal: CriticalEventTypeOptOut) -> HttpResponse:
     names = ", ".join(refusal.event_types)
     return problem_response(
@@ -120,15 +130,7 @@ def preferences_update(request: HttpRequest, external_id: str, body: Preferences
     critical-event-type) and nothing is saved. Returns the preferences in effect."""
     require_write_scope(request)
     subscriber = subscriber_or_404(external_id)
-    settings = [
-        PreferenceSetting(
-            event_type=item.event_type or "",
-            category=item.category or "",
-            channel=item.channel,
-            enabled=item.enabled,
-        )
-        for item in body.preferences
-    ]
+    settings = _settings(body)
     try:
         preference_subscriber_set(subscriber=subscriber, settings=settings)
     except InvalidInput as invalid:
@@ -161,15 +163,7 @@ def preference_defaults_update(request: HttpRequest, body: PreferencesIn) -> Any
     Each replaces the earlier default for the same event type or category and
     channel; defaults not mentioned stay."""
     require_scope(request, "admin")
-    settings = [
-        PreferenceSetting(
-            event_type=item.event_type or "",
-            category=item.category or "",
-            channel=item.channel,
-            enabled=item.enabled,
-        )
-        for item in body.preferences
-    ]
+    settings = _settings(body)
     try:
         preference_defaults_set(settings=settings)
     except InvalidInput as invalid:

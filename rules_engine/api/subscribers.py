@@ -1,8 +1,8 @@
 """/api/v1/subscribers: profiles, one at a time or in bulk, and erasure.
 
 Writes need the ``subscribers:write`` scope; reads accept ``subscribers:write``
-or ``messages:read``. The problem schemas and scope helper here are shared by
-the topics and preferences routers.
+or ``messages:read``. The scope helpers here are shared by the topics and
+preferences routers.
 """
 
 from datetime import datetime
@@ -13,15 +13,20 @@ from ninja import Field, Query, Router, Schema, Status
 from pydantic import ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from herald.api import require_any_scope, require_scope
-from herald.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor
-from herald.problems import problem_response
+from herald.api import (
+    FieldErrorOut,
+    ProblemOut,
+    ValidationProblemOut,
+    require_any_scope,
+    require_scope,
+)
+from herald.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from herald.problems import FieldError, field_errors_out, validation_problem
 from rules_engine.models import Subscriber
 from rules_engine.selectors.subscribers import subscriber_get, subscriber_list
 from rules_engine.services.subscribers import (
     BULK_MAX_PROFILES,
     BulkUpsertResult,
-    FieldError,
     InvalidInput,
     SubscriberProfile,
     subscriber_bulk_upsert,
@@ -38,22 +43,6 @@ READ_SCOPES = ("messages:read", WRITE_SCOPE)
 # --- shared by the subscribers, preferences and topics routers -------------------
 
 
-class ProblemOut(Schema):
-    type: str
-    title: str
-    status: int
-    detail: str
-
-
-class FieldErrorOut(Schema):
-    pointer: str = Field(description="JSON pointer to the field, e.g. /email")
-    detail: str
-
-
-class ValidationProblemOut(ProblemOut):
-    errors: list[FieldErrorOut] = []
-
-
 def require_read_scope(request: HttpRequest) -> None:
     require_any_scope(request, *READ_SCOPES)
 
@@ -62,29 +51,8 @@ def require_write_scope(request: HttpRequest) -> None:
     require_scope(request, WRITE_SCOPE)
 
 
-def errors_out(errors: tuple[FieldError, ...], *, prefix: str = "") -> list[dict[str, str]]:
-    return [{"pointer": prefix + error.pointer, "detail": error.detail} for error in errors]
-
-
 def invalid_input_response(invalid: InvalidInput, *, prefix: str = "") -> HttpResponse:
-    """422 validation-failed, shaped as herald.api's handler shapes schema errors."""
-    errors = errors_out(invalid.errors, prefix=prefix)
-    return problem_response(
-        status=422,
-        slug="validation-failed",
-        title="Validation failed",
-        detail="; ".join(f"{e['pointer']}: {e['detail']}" for e in errors) or "Invalid request.",
-        errors=errors,
-    )
-
-
-def invalid_cursor_response(error: InvalidCursor) -> HttpResponse:
-    return problem_response(
-        status=400,
-        slug="invalid-cursor",
-        title="Invalid cursor",
-        detail=f"{error} Pass the next_cursor of the previous page, or no cursor for the first.",
-    )
+    return validation_problem(invalid.errors, prefix=prefix)
 
 
 def subscriber_or_404(external_id: str) -> Subscriber:
@@ -270,7 +238,7 @@ def _bulk_item_out(result: BulkUpsertResult, *, index: int) -> dict[str, Any]:
         "index": index,
         "external_id": result.external_id,
         "status": status,
-        "errors": errors_out(result.errors),
+        "errors": field_errors_out(result.errors),
     }
 
 
@@ -287,10 +255,7 @@ def subscribers_list(
     """Subscribers, oldest first, a page at a time; `email` filters by address
     (case-insensitive)."""
     require_read_scope(request)
-    try:
-        found = subscriber_list(email=email, cursor=page.cursor, limit=page.limit)
-    except InvalidCursor as error:
-        return invalid_cursor_response(error)
+    found = subscriber_list(email=email, cursor=page.cursor, limit=page.limit)
     return {
         "items": [subscriber_out(subscriber) for subscriber in found.items],
         "next_cursor": found.next_cursor,

@@ -13,14 +13,11 @@ from django.http import Http404, HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 from pydantic import ConfigDict
 
-from herald.pagination import InvalidCursor
+from herald.api import ProblemOut, ValidationProblemOut
 from herald.problems import problem_response
 from rules_engine.api.subscribers import (
     PageQuery,
-    ProblemOut,
     SubscriberPageOut,
-    ValidationProblemOut,
-    invalid_cursor_response,
     invalid_input_response,
     require_read_scope,
     require_write_scope,
@@ -119,10 +116,7 @@ def topics_create(request: HttpRequest, body: TopicIn) -> Any:
 def topics_list(request: HttpRequest, page: Query[PageQuery]) -> Any:
     """Topics by key, a page at a time."""
     require_read_scope(request)
-    try:
-        found = topic_list(cursor=page.cursor, limit=page.limit)
-    except InvalidCursor as error:
-        return invalid_cursor_response(error)
+    found = topic_list(cursor=page.cursor, limit=page.limit)
     return {"items": [_topic_out(t) for t in found.items], "next_cursor": found.next_cursor}
 
 
@@ -149,10 +143,7 @@ def topics_members_list(request: HttpRequest, key: str, page: Query[PageQuery]) 
     """The topic's members by external id, a page at a time."""
     require_read_scope(request)
     topic = _topic_or_404(key)
-    try:
-        found = topic_subscriber_list(topic=topic, cursor=page.cursor, limit=page.limit)
-    except InvalidCursor as error:
-        return invalid_cursor_response(error)
+    found = topic_subscriber_list(topic=topic, cursor=page.cursor, limit=page.limit)
     return {
         "items": [subscriber_out(subscriber) for subscriber in found.items],
         "next_cursor": found.next_cursor,

@@ -21,18 +21,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from herald.limits import event_quota_consume, event_quota_refund
+from herald.problems import FieldError, json_pointer
 from rules_engine.event_types import EventTypeInfo, event_types_current
 from rules_engine.models import Event, EventStatus
 from tenants.models import Tenant
 
 MAX_ERRORS_PER_EVENT = 20
 PIPELINE_CHUNK = 100
-
-
-@dataclass(frozen=True, kw_only=True)
-class FieldError:
-    pointer: str
-    detail: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,10 +79,6 @@ class EventRejected(Exception):
         self.status = status
 
 
-def _json_pointer(parts: Sequence[Any]) -> str:
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
-
-
 def event_errors(*, draft: EventDraft, strict: bool) -> list[FieldError]:
     """What is wrong with this event for this tenant (unknown type, payload schema)."""
     info: EventTypeInfo | None = event_types_current().get(draft.event)
@@ -105,9 +96,7 @@ def event_errors(*, draft: EventDraft, strict: bool) -> list[FieldError]:
         return []
     errors = sorted(info.validator.iter_errors(draft.payload), key=lambda e: list(e.path))
     return [
-        FieldError(
-            pointer="/payload" + _json_pointer(list(error.absolute_path)), detail=error.message
-        )
+        FieldError(pointer="/payload" + json_pointer(error.absolute_path), detail=error.message)
         for error in errors[:MAX_ERRORS_PER_EVENT]
     ]
 

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from channels_delivery.catalogue import Channel
+from herald.problems import FieldError
 from rules_engine.models import EventType, Preference, Subscriber
-from rules_engine.services.subscribers import FieldError, InvalidInput
+from rules_engine.services.subscribers import InvalidInput
 
 EVENT_TYPE_MAX_LENGTH = 200
 CATEGORY_MAX_LENGTH = 100

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from channels_delivery.models import Message
+from herald.problems import FieldError, json_pointer
 from rules_engine.models import Subscriber
 
 EXTERNAL_ID_MAX_LENGTH = 200
@@ -39,14 +40,6 @@ LOCALE = re.compile(
 )
 ERASED_CONTENT: dict[str, Any] = {"erased": True}
 UPDATABLE_FIELDS = ("email", "phone", "name", "locale", "timezone", "data", "channels")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FieldError:
-    """One invalid field; ``pointer`` is a JSON pointer into the submitted object."""
-
-    pointer: str
-    detail: str
 
 
 class InvalidInput(ValueError):
@@ -179,7 +172,7 @@ def subscriber_profile_clean(*, profile: SubscriberProfile) -> SubscriberProfile
     if isinstance(profile.channels, Mapping):
         errors.extend(
             FieldError(
-                pointer=f"/channels/{_pointer_escape(str(name))}",
+                pointer=json_pointer(["channels", name]),
                 detail="must be an object or a list",
             )
             for name, value in profile.channels.items()
@@ -199,10 +192,6 @@ def subscriber_profile_clean(*, profile: SubscriberProfile) -> SubscriberProfile
         data=dict(profile.data),
         channels=dict(profile.channels),
     )
-
-
-def _pointer_escape(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 def _field_values(profile: SubscriberProfile) -> dict[str, Any]:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
 
+from herald.problems import FieldError
 from rules_engine.models import Subscriber, Topic, TopicMembership
-from rules_engine.services.subscribers import FieldError, InvalidInput
+from rules_engine.services.subscribers import InvalidInput
 
 TOPIC_KEY = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,199}$")
 TOPIC_NAME_MAX_LENGTH = 200
