@@ -41,6 +41,24 @@ class Message(models.Model):
         max_length=20, choices=MessageStatus.choices, default=MessageStatus.QUEUED
     )
     content = models.JSONField(default=dict, blank=True)
+    # The versions that produced this message; kept when the rule or template
+    # is edited, cleared only if it is deleted.
+    rule_version = models.ForeignKey(
+        "rules_engine.RuleVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    template_version = models.ForeignKey(
+        "rules_engine.TemplateVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    # The template variant rendered (after fallback), e.g. "pt-BR".
+    locale = models.CharField(max_length=35, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -201,10 +201,14 @@ def unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 def _register_routers() -> None:
     from channels_delivery.api import router as messages
+    from rules_engine.api.event_types import router as event_types
     from rules_engine.api.events import router as events
     from rules_engine.api.preferences import defaults_router as preference_defaults
     from rules_engine.api.preferences import router as preferences
+    from rules_engine.api.rules import router as rules
     from rules_engine.api.subscribers import router as subscribers
+    from rules_engine.api.templates import layouts_router as layouts
+    from rules_engine.api.templates import router as templates
     from rules_engine.api.topics import router as topics
 
     api.add_router("/events", events)
@@ -213,6 +217,10 @@ def _register_routers() -> None:
     api.add_router("/preferences", preference_defaults)
     api.add_router("/topics", topics)
     api.add_router("/messages", messages)
+    api.add_router("/event-types", event_types)
+    api.add_router("/rules", rules)
+    api.add_router("/templates", templates)
+    api.add_router("/layouts", layouts)
 
 
 class ProblemOut(Schema):

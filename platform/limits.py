@@ -51,35 +51,45 @@ MICROSECONDS = 1_000_000
 # microsecond of refill at an integral rate is a whole number and the sums stay
 # exact. Returns {allowed (1/0), whole tokens left, microseconds until one
 # token is available (0 when allowed), microseconds until the bucket is full}.
-RATE_LIMIT_LUA = """
-local rate = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2]) * 1000000
-local cost = 1000000
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-local at = tonumber(state[2])
-if tokens == nil or at == nil then
-  tokens = capacity
-else
-  local elapsed = now - at
-  if elapsed < 0 then elapsed = 0 end
-  tokens = math.min(capacity, tokens + elapsed * rate)
+# spend(key, rate, capacity): spends one token of the bucket in ``key``.
+_RATE_LIMIT_SPEND = """
+local function spend(key, rate, capacity_tokens)
+  local capacity = capacity_tokens * 1000000
+  local cost = 1000000
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1])
+  local at = tonumber(state[2])
+  if tokens == nil or at == nil then
+    tokens = capacity
+  else
+    local elapsed = now - at
+    if elapsed < 0 then elapsed = 0 end
+    tokens = math.min(capacity, tokens + elapsed * rate)
+  end
+  local allowed = 0
+  local retry_after = 0
+  if tokens >= cost then
+    tokens = tokens - cost
+    allowed = 1
+  else
+    retry_after = math.ceil((cost - tokens) / rate)
+  end
+  local until_full = math.ceil((capacity - tokens) / rate)
+  redis.call('HSET', key, 'tokens', tokens, 'at', now)
+  redis.call('PEXPIRE', key, math.ceil(until_full / 1000) + 1000)
+  return allowed, math.floor(tokens / cost), retry_after, until_full
 end
-local allowed = 0
-local retry_after = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  retry_after = math.ceil((cost - tokens) / rate)
-end
-local until_full = math.ceil((capacity - tokens) / rate)
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(until_full / 1000) + 1000)
-return {allowed, math.floor(tokens / cost), retry_after, until_full}
 """
+
+RATE_LIMIT_LUA = (
+    _RATE_LIMIT_SPEND
+    + """
+local allowed, left, retry_after, until_full = spend(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+return {allowed, left, retry_after, until_full}
+"""
+)
 
 # KEYS[1]: the tenant's counter for the month. ARGV[1]: events to add;
 # ARGV[2]: the monthly limit (-1: none); ARGV[3]: the month's count from the
@@ -99,6 +109,31 @@ local limit = tonumber(ARGV[2])
 if limit >= 0 and used + count > limit then return {0, used} end
 return {1, redis.call('INCRBY', KEYS[1], count)}
 """
+
+# The limits of one POST /events in one round trip: the rate limit (KEYS[1],
+# ARGV[1..2] as RATE_LIMIT_LUA; ARGV[1] = 0: not limited) and, when the request
+# is allowed, the quota (KEYS[2], ARGV[3..4] as EVENT_QUOTA_LUA's ARGV[1..2];
+# a missing counter is not seeded here). Returns the rate limit's four values,
+# then the quota's two ({-2, 0}: not tried).
+RATE_LIMIT_AND_QUOTA_LUA = (
+    _RATE_LIMIT_SPEND
+    + """
+local allowed, left, retry_after, until_full = 1, 0, 0, 0
+if tonumber(ARGV[1]) > 0 then
+  allowed, left, retry_after, until_full = spend(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+end
+if allowed == 0 then return {allowed, left, retry_after, until_full, -2, 0} end
+local used = redis.call('GET', KEYS[2])
+if not used then return {allowed, left, retry_after, until_full, -1, 0} end
+used = tonumber(used)
+local count = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+if limit >= 0 and used + count > limit then
+  return {allowed, left, retry_after, until_full, 0, used}
+end
+return {allowed, left, retry_after, until_full, 1, redis.call('INCRBY', KEYS[2], count)}
+"""
+)
 
 
 # --- Redis ---------------------------------------------------------------------
@@ -210,8 +245,7 @@ def rate_limit_check(*, tenant: Tenant) -> RateLimitDecision | None:
     """
     if not settings.HERALD_RATE_LIMIT_ENABLED or not redis_guard.available():
         return None
-    rate = tenant_request_rate(tenant)
-    capacity = max(1, int(rate * settings.HERALD_RATE_LIMIT_BURST_SECONDS))
+    rate, capacity = _bucket(tenant)
     try:
         allowed, remaining, retry_after_us, until_full_us = _script(RATE_LIMIT_LUA)(
             keys=[rate_limit_key(tenant.schema_name)],
@@ -221,6 +255,30 @@ def rate_limit_check(*, tenant: Tenant) -> RateLimitDecision | None:
     except redis.RedisError as error:
         redis_guard.failed(purpose="the API rate limit", error=error)
         return None
+    return _decision(
+        rate=rate,
+        capacity=capacity,
+        allowed=allowed,
+        remaining=remaining,
+        retry_after_us=retry_after_us,
+        until_full_us=until_full_us,
+    )
+
+
+def _bucket(tenant: Tenant) -> tuple[int, int]:
+    rate = tenant_request_rate(tenant)
+    return rate, max(1, int(rate * settings.HERALD_RATE_LIMIT_BURST_SECONDS))
+
+
+def _decision(
+    *,
+    rate: int,
+    capacity: int,
+    allowed: int,
+    remaining: int,
+    retry_after_us: int,
+    until_full_us: int,
+) -> RateLimitDecision:
     return RateLimitDecision(
         allowed=bool(allowed),
         rate_per_second=rate,
@@ -336,6 +394,94 @@ def quota_exceeded_response(exc: QuotaExceeded) -> HttpResponse:
         requested=exc.requested,
         resets_at=resets_at,
     )
+
+
+class QuotaReservation:
+    """Events counted against the quota before the request's body was read.
+
+    The API's limits check (rate_limit_and_reserve) counts a POST /events' one
+    event in the same Redis round trip as the rate limit. The endpoint then
+    ``take()``s it — or, when the event is refused before that, the middleware
+    ``release()``s it, so every reserved event is either stored or given back.
+    """
+
+    def __init__(
+        self, *, tenant: Tenant, count: int, usage: QuotaUsage | None, refused: QuotaExceeded | None
+    ) -> None:
+        self.tenant = tenant
+        self.count = count
+        self.usage = usage
+        """What was counted; None when nothing was (refused, or not decided here)."""
+        self.refused = refused
+        self.settled = False
+
+    def take(self) -> QuotaUsage:
+        """Use the reservation: the counted usage, or QuotaExceeded when refused;
+        when the check could not decide (a counter to seed), count now."""
+        self.settled = True
+        if self.refused is not None:
+            raise self.refused
+        if self.usage is not None:
+            return self.usage
+        return event_quota_consume(tenant=self.tenant, count=self.count)
+
+    def release(self) -> None:
+        """Give back what was counted and not taken (idempotent)."""
+        if not self.settled and self.usage is not None and self.usage.used is not None:
+            event_quota_refund(tenant=self.tenant, count=self.count)
+        self.settled = True
+
+
+def rate_limit_and_reserve(
+    *, tenant: Tenant, events: int
+) -> tuple[RateLimitDecision | None, QuotaReservation]:
+    """The rate limit and a quota reservation for ``events`` events, in one round trip.
+
+    Fails open like both halves: with Redis unavailable the decision is None and
+    the reservation counts nothing (taking it then is a no-op, as
+    event_quota_consume is with Redis down).
+    """
+    month_start, resets_at = month_bounds(timezone.now())
+    plan = tenant.plan
+    limit = plan.events_per_month if plan is not None else None
+    undecided = QuotaReservation(tenant=tenant, count=events, usage=None, refused=None)
+    if not redis_guard.available():
+        return None, undecided
+    limited = bool(settings.HERALD_RATE_LIMIT_ENABLED)
+    rate, capacity = _bucket(tenant) if limited else (0, 0)
+    try:
+        allowed, remaining, retry_after_us, until_full_us, outcome, total = _script(
+            RATE_LIMIT_AND_QUOTA_LUA
+        )(
+            keys=[
+                rate_limit_key(tenant.schema_name),
+                event_quota_key(tenant.schema_name, month_start),
+            ],
+            args=[rate, capacity, events, -1 if limit is None else limit],
+            client=limits_redis(),
+        )
+    except redis.RedisError as error:
+        redis_guard.failed(purpose="the API rate limit and event quota", error=error)
+        return None, undecided
+    decision = (
+        _decision(
+            rate=rate,
+            capacity=capacity,
+            allowed=allowed,
+            remaining=remaining,
+            retry_after_us=retry_after_us,
+            until_full_us=until_full_us,
+        )
+        if limited
+        else None
+    )
+    if outcome == 1:
+        usage = QuotaUsage(limit=limit, used=int(total), resets_at=resets_at)
+        return decision, QuotaReservation(tenant=tenant, count=events, usage=usage, refused=None)
+    if outcome == 0 and limit is not None:
+        refused = QuotaExceeded(limit=limit, used=int(total), requested=events, resets_at=resets_at)
+        return decision, QuotaReservation(tenant=tenant, count=events, usage=None, refused=refused)
+    return decision, undecided  # not tried (rate limited) or a counter to seed
 
 
 # KEYS[1]: the tenant's counter for the month. ARGV[1]: events to give back.

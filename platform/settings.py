@@ -85,6 +85,10 @@ TENANT_APPS = [
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
 TENANT_MODEL = "tenants.Tenant"
+# django-tenants sends SET search_path only when the schema changed since the
+# last one it set on this connection (it forgets it on close and rollback), not
+# before every cursor; tenants.middleware keeps the schema across requests.
+TENANT_LIMIT_SET_CALLS = True
 TENANT_DOMAIN_MODEL = "tenants.Domain"
 PUBLIC_SCHEMA_NAME = "public"
 
@@ -181,6 +185,29 @@ CELERY_TASK_TENANT_CACHE_SECONDS = 30
 HERALD_TASK_MAX_DELIVERIES: int = env.int("HERALD_TASK_MAX_DELIVERIES", default=5)
 CELERY_BEAT_SCHEDULE_FILENAME = str(HERALD_DATA_DIR / "celerybeat-schedule")
 
+# --- Handing events to the pipeline (rules_engine.services.dispatch) ------------
+
+# Each web process gathers committed events this long and publishes them
+# together (0: publish each commit's events at once).
+HERALD_PIPELINE_PUBLISH_MS: int = env.int("HERALD_PIPELINE_PUBLISH_MS", default=20)
+# The sweeper publishes accepted events older than this (their publish was lost) ...
+HERALD_DISPATCH_GRACE_SECONDS: int = env.int("HERALD_DISPATCH_GRACE_SECONDS", default=60)
+# ... and queued events again when their publish is older than this (the broker
+# lost the task, or the queue is that far behind); processing is idempotent.
+HERALD_DISPATCH_REQUEUE_SECONDS: int = env.int("HERALD_DISPATCH_REQUEUE_SECONDS", default=600)
+
+# --- CEL rule conditions (rules_engine.cel) --------------------------------------
+
+# Longest condition accepted; checked before the parser sees it.
+HERALD_CEL_MAX_LENGTH: int = env.int("HERALD_CEL_MAX_LENGTH", default=4096)
+# Compiled programs kept per process, by (rule id, rule version).
+HERALD_CEL_CACHE_SIZE: int = env.int("HERALD_CEL_CACHE_SIZE", default=4096)
+# Conditions whose cost depends on the data (comprehensions, or a large event)
+# run in a helper process that is killed after this long, with this much
+# address space.
+HERALD_CEL_TIMEOUT_MS: int = env.int("HERALD_CEL_TIMEOUT_MS", default=250)
+HERALD_CEL_MEMORY_MB: int = env.int("HERALD_CEL_MEMORY_MB", default=1024)
+
 # --- API -------------------------------------------------------------------------
 
 # The same Idempotency-Key within this window replays the original response.
@@ -194,6 +221,15 @@ HERALD_MAX_BATCH_ITEMS = 1000
 HERALD_EVENT_TYPE_CACHE_SECONDS: float = env.float("HERALD_EVENT_TYPE_CACHE_SECONDS", default=5.0)
 # Django refuses larger bodies outright; the per-endpoint caps above are smaller.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(HERALD_MAX_BODY_BYTES, HERALD_MAX_BATCH_BODY_BYTES)
+
+# --- Templates -------------------------------------------------------------------
+
+# One render of one template field may take this long in a worker before it fails.
+HERALD_TEMPLATE_RENDER_TIMEOUT_MS: int = env.int("HERALD_TEMPLATE_RENDER_TIMEOUT_MS", default=200)
+# Longest template source (characters) accepted when a template is saved.
+HERALD_TEMPLATE_MAX_SOURCE_LENGTH: int = env.int(
+    "HERALD_TEMPLATE_MAX_SOURCE_LENGTH", default=100 * 1024
+)
 
 # --- HTTP ------------------------------------------------------------------------
 

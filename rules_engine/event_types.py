@@ -1,12 +1,17 @@
 """Event types as the ingest path needs them, without a query per event.
 
 Each process keeps, per tenant schema, the tenant's event types for
-``HERALD_EVENT_TYPE_CACHE_SECONDS`` (one query loads them all), and a JSON
-Schema validator compiled once per (tenant, event type, schema version). A
-schema edited in the dashboard applies everywhere within the TTL, and at once
-in the process that saved it.
+``HERALD_EVENT_TYPE_CACHE_SECONDS`` (one query loads them all). JSON Schema
+validators are compiled once per schema content (the canonical JSON of the
+schema, so each version of a schema is its own entry and two tenants with the
+same schema share one) and kept in a bounded LRU: a deleted and re-created
+event type can never meet a validator of its earlier schema. A schema edited in
+the dashboard applies everywhere within the TTL, and at once in the process
+that saved it.
 """
 
+import functools
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +35,6 @@ class EventTypeInfo:
 
 
 _types: dict[str, tuple[float, dict[str, EventTypeInfo]]] = {}
-_validators: dict[tuple[str, str, int], Validator] = {}
 _lock = threading.Lock()
 
 
@@ -41,16 +45,16 @@ def payload_schema_check(schema: object) -> None:
     Draft202012Validator.check_schema(schema)
 
 
-def _validator(schema_name: str, event_type: EventType) -> Validator | None:
+@functools.lru_cache(maxsize=1024)
+def _compiled(canonical_schema: str) -> Validator:
+    schema = json.loads(canonical_schema)
+    return Draft202012Validator(schema, format_checker=FormatChecker())
+
+
+def _validator(event_type: EventType) -> Validator | None:
     if not event_type.payload_schema:
         return None
-    cache_key = (schema_name, event_type.key, event_type.schema_version)
-    validator = _validators.get(cache_key)
-    if validator is None:
-        validator = Draft202012Validator(event_type.payload_schema, format_checker=FormatChecker())
-        with _lock:
-            _validators[cache_key] = validator
-    return validator
+    return _compiled(json.dumps(event_type.payload_schema, sort_keys=True, separators=(",", ":")))
 
 
 def _load(schema_name: str) -> dict[str, EventTypeInfo]:
@@ -60,7 +64,7 @@ def _load(schema_name: str) -> dict[str, EventTypeInfo]:
             category=event_type.category,
             is_critical=event_type.is_critical,
             schema_version=event_type.schema_version,
-            validator=_validator(schema_name, event_type),
+            validator=_validator(event_type),
         )
         for event_type in EventType.objects.all()
     }

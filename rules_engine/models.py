@@ -1,7 +1,8 @@
-"""Per-tenant models: what happens (event types, events) and to whom (subscribers,
-topics, preferences). Rules and templates join them in the Rules engine issue."""
+"""Per-tenant models: what happens (event types, events), to whom (subscribers,
+topics, preferences), and what to send (rules, templates, layouts)."""
 
 import uuid
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -123,6 +124,7 @@ class Preference(models.Model):
 
 class EventStatus(models.TextChoices):
     ACCEPTED = "accepted", "Accepted"
+    QUEUED = "queued", "Queued for the pipeline"
     PROCESSING = "processing", "Processing"
     PROCESSED = "processed", "Processed"
     NO_MATCH = "no_match", "No rule matched"
@@ -147,6 +149,8 @@ class Event(models.Model):
     # The pipeline's record of what it decided and why (rules, recipients).
     outcome = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=now, db_index=True)
+    # When the dispatcher (or the sweeper) last handed the event to the pipeline.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -162,9 +166,138 @@ class Event(models.Model):
             models.Index(
                 fields=["status", "created_at"],
                 name="event_pending_idx",
-                condition=Q(status__in=["accepted", "processing"]),
+                condition=Q(status__in=["accepted", "queued", "processing"]),
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.event_type_key} {self.id}"
+
+
+# --- rules, templates and layouts ------------------------------------------------
+#
+# A rule and a template are a row of plain fields plus immutable versions: an edit
+# of what they do makes version n+1, and every Message points at the versions that
+# produced it. Services make versions (rules_engine.services.rules/templates) under
+# a row lock on the parent, so two concurrent edits get n+1 and n+2.
+
+
+class VersionImmutable(Exception):
+    """A saved version is history: an edit makes a new one."""
+
+
+class Layout(models.Model):
+    """The brand wrapper around an email body; ``{{ content }}`` marks where it goes.
+
+    Not versioned: a message stores its rendered output, so an edit changes only
+    messages rendered after it.
+    """
+
+    key = models.CharField(max_length=100, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    html = models.TextField(help_text="Must contain {{ content }}, where the email's body goes.")
+    text = models.TextField(blank=True, help_text="Plain-text wrapper; may use {{ content }}.")
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Template(models.Model):
+    key = models.CharField(max_length=100, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    # Fixed when created: the fields a version must have depend on it.
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    description = models.TextField(blank=True)
+    current_version = models.PositiveIntegerField(default=1, editable=False)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class TemplateVersion(models.Model):
+    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    # {locale: {field: Jinja source}}, e.g. {"en": {"subject": "…", "html": "…"}}.
+    variants = models.JSONField()
+    fallback_locale = models.CharField(max_length=35)
+    # Undefined variables raise instead of rendering as "".
+    strict = models.BooleanField(default=False)
+    layout = models.ForeignKey(
+        Layout, null=True, blank=True, on_delete=models.SET_NULL, related_name="template_versions"
+    )
+    created_at = models.DateTimeField(default=now, editable=False)
+    created_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["template", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["template", "version"], name="template_version_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template_id} v{self.version}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise VersionImmutable(f"template version {self.pk} is saved; make a new version")
+        super().save(*args, **kwargs)
+
+
+class Rule(models.Model):
+    name = models.CharField(max_length=200)
+    event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="rules")
+    enabled = models.BooleanField(default=True)
+    # Rules of one event type are evaluated in (order, id).
+    order = models.IntegerField(default=0)
+    current_version = models.PositiveIntegerField(default=1, editable=False)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+        indexes = [
+            models.Index(fields=["event_type", "order", "id"], name="rule_evaluation_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RuleVersion(models.Model):
+    """What a rule does, as of one edit (the shapes are rules_engine.rule_options)."""
+
+    rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    condition = models.TextField(blank=True, help_text="CEL; empty means always.")
+    actions = models.JSONField()
+    recipients = models.JSONField()
+    delay_seconds = models.PositiveIntegerField(null=True, blank=True)
+    digest = models.JSONField(null=True, blank=True)
+    throttle = models.JSONField(null=True, blank=True)
+    send_window = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+    created_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["rule", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "version"], name="rule_version_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id} v{self.version}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise VersionImmutable(f"rule version {self.pk} is saved; make a new version")
+        super().save(*args, **kwargs)

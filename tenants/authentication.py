@@ -16,6 +16,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.utils import timezone
+from django_tenants.utils import get_public_schema_name, schema_context
 
 from tenants.models import ApiKey, Tenant
 
@@ -119,9 +120,14 @@ def token_from_authorization(header: str | None) -> str:
 
 
 def _load(key_hash: str, *, now: float) -> _Entry | None:
-    try:
-        api_key = ApiKey.objects.select_related("tenant", "tenant__plan").get(key_hash=key_hash)
-    except ApiKey.DoesNotExist:
+    # The connection may still be on the previous request's tenant schema.
+    with schema_context(get_public_schema_name()):
+        api_key = (
+            ApiKey.objects.select_related("tenant", "tenant__plan")
+            .filter(key_hash=key_hash)
+            .first()
+        )
+    if api_key is None:
         return None
     principal = ApiKeyPrincipal(
         key_id=api_key.pk,
@@ -171,5 +177,6 @@ def api_key_authenticate(*, authorization: str | None) -> ApiKeyPrincipal:
 
     if now - entry.touched_at >= settings.HERALD_API_KEY_TOUCH_SECONDS:
         entry.touched_at = now
-        ApiKey.objects.filter(pk=principal.key_id).update(last_used_at=timezone.now())
+        with schema_context(get_public_schema_name()):
+            ApiKey.objects.filter(pk=principal.key_id).update(last_used_at=timezone.now())
     return principal

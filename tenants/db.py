@@ -11,6 +11,8 @@ from django.db import connection
 
 class TenantConnection(Protocol):
     schema_name: str
+    tenant: Any
+    include_public_schema: bool
 
     def set_schema_to_public(self) -> None: ...
 

@@ -16,11 +16,18 @@ from django.http.response import HttpResponseBase
 from django.urls import set_urlconf
 from django_tenants.middleware.main import TenantMainMiddleware
 
-from herald.limits import RateLimitDecision, rate_limit_check, rate_limited_response
+from herald.limits import (
+    QuotaReservation,
+    RateLimitDecision,
+    rate_limit_and_reserve,
+    rate_limit_check,
+    rate_limited_response,
+)
 from herald.problems import problem_response
 from herald.views import healthz
 from tenants.authentication import AuthenticationFailed, api_key_authenticate
 from tenants.db import tenant_connection
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +36,42 @@ API_PREFIX = "/api/"
 PUBLIC_API_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/docs"})
 # Answered for every Host header, before any tenant lookup or host validation.
 HEALTH_PATHS = frozenset({"/healthz"})
+SEND_EVENT_PATH = "/api/v1/events"
+
+
+def _use_tenant_schema(tenant: Tenant) -> None:
+    """Switch the connection to ``tenant``'s schema, unless it is there already.
+
+    Switching makes the next query send ``SET search_path`` (and clears the
+    content-type cache); a web process serving one busy tenant would pay that on
+    every request. Staying put is safe because django-tenants forgets the
+    search_path it set whenever the connection closes or a transaction rolls back
+    (TENANT_LIMIT_SET_CALLS), and every request sets its schema here or in the
+    dashboard branch before any query.
+    """
+    if (
+        tenant_connection.schema_name == tenant.schema_name
+        and tenant_connection.include_public_schema
+    ):
+        tenant_connection.tenant = tenant  # the fresh row: plan, limits, is_active
+        return
+    tenant_connection.set_tenant(tenant)
 
 
 class TenantResolutionMiddleware(TenantMainMiddleware):
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
-        tenant_connection.set_schema_to_public()
         path = request.path_info
+        if path.startswith(API_PREFIX):
+            refusal = self._resolve_api_request(request)
+            if refusal is not None:
+                # A refused request never runs in a tenant's schema, not even the
+                # previous request's (the connection stays on it otherwise).
+                tenant_connection.set_schema_to_public()
+            return refusal
+        tenant_connection.set_schema_to_public()
         if path in HEALTH_PATHS:
             # Load balancers probe by IP address: answer before host validation.
             return healthz(request)
-        if path.startswith(API_PREFIX):
-            return self._resolve_api_request(request)
         try:
             response: HttpResponse | None = super().process_request(request)
         except DatabaseError:
@@ -57,6 +89,7 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
         request.urlconf = settings.API_URLCONF  # type: ignore[attr-defined]
         set_urlconf(request.urlconf)  # type: ignore[attr-defined]
         if request.path_info in PUBLIC_API_PATHS:
+            tenant_connection.set_schema_to_public()
             return None
         try:
             principal = api_key_authenticate(authorization=request.headers.get("Authorization"))
@@ -79,20 +112,28 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
                 headers={"Retry-After": "5"},
             )
         # Checked before switching schema: a refused request never runs in the tenant's.
-        decision = rate_limit_check(tenant=principal.tenant)
+        if request.method == "POST" and request.path_info == SEND_EVENT_PATH:
+            # Its one event's quota comes in the same Redis round trip.
+            decision, reservation = rate_limit_and_reserve(tenant=principal.tenant, events=1)
+            request.quota_reservation = reservation  # type: ignore[attr-defined]
+        else:
+            decision = rate_limit_check(tenant=principal.tenant)
         if decision is not None:
             request.rate_limit = decision  # type: ignore[attr-defined]
             if not decision.allowed:
                 return rate_limited_response(decision)
         request.api_key = principal  # type: ignore[attr-defined]
         request.tenant = principal.tenant  # type: ignore[attr-defined]
-        tenant_connection.set_tenant(principal.tenant)
+        _use_tenant_schema(principal.tenant)
         sentry_sdk.set_tag("tenant", principal.tenant.schema_name)
         return None
 
     def process_response(
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
+        reservation: QuotaReservation | None = getattr(request, "quota_reservation", None)
+        if reservation is not None:
+            reservation.release()  # refused before the endpoint took it
         decision: RateLimitDecision | None = getattr(request, "rate_limit", None)
         if decision is not None:
             for name, value in decision.headers().items():

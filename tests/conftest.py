@@ -44,6 +44,25 @@ def _rate_limit_only_where_tested(request: pytest.FixtureRequest, settings: Any)
 
 
 @pytest.fixture(autouse=True)
+def _publish_at_commit(settings: Any) -> None:
+    """Events are published in the committing thread, not gathered by a background
+    one (tests/rules_engine/test_dispatch.py tests that)."""
+    settings.HERALD_PIPELINE_PUBLISH_MS = 0
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """What the pipeline publisher sends: (schema name, event ids) per task."""
+    from rules_engine.services.dispatch import pipeline_publisher
+
+    sent: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(
+        pipeline_publisher, "publish", lambda schema, ids: sent.append((schema, list(ids)))
+    )
+    return sent
+
+
+@pytest.fixture(autouse=True)
 def _fresh_event_quota() -> None:
     """The quota counters live in Redis, outside the rolled-back transaction."""
     month_start, _ = month_bounds(timezone.now())

@@ -181,6 +181,26 @@ def known_ids(api_a: ApiClient, tenant_a: Tenant) -> dict[str, str]:
     send("post", "/api/v1/topics", {"key": "seed.watchers", "name": "Watchers"})
     send("post", "/api/v1/topics/seed.watchers/subscribers", {"subscribers": ["seed-ada"]})
     event_id = send("post", "/api/v1/events", {"event": "seed.sent", "to": ["seed-ada"]})["id"]
+    # Configuration under the same key as the topic, so every {key} path finds something.
+    send("put", "/api/v1/event-types/seed.watchers", {"name": "Seed"})
+    send("put", "/api/v1/layouts/seed.watchers", {"html": "<div>{{ content }}</div>"})
+    email = {"subject": "Hi {{ subscriber.name }}", "html": "<p>Hi</p>"}
+    send(
+        "post",
+        "/api/v1/templates",
+        {"key": "seed.watchers", "channel": "email", "variants": {"en": email}},
+    )
+    rule_id = send(
+        "post",
+        "/api/v1/rules",
+        {
+            "name": "Seed",
+            "event_type": "seed.watchers",
+            "actions": [{"channel": "email", "template": "seed.watchers"}],
+            "recipients": {"kind": "topic", "topic": "seed.watchers"},
+            "digest": {"window_seconds": 600},
+        },
+    )["id"]
     # Messages are made by the pipeline, which runs after commit: made here instead.
     with tenant_context(tenant_a):
         message = Message.objects.create(
@@ -202,6 +222,8 @@ def known_ids(api_a: ApiClient, tenant_a: Tenant) -> dict[str, str]:
         "key": "seed.watchers",
         "event_id": str(event_id),
         "message_id": str(message.id),
+        "rule_id": str(rule_id),
+        "version": "1",
     }
 
 

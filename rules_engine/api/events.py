@@ -226,7 +226,11 @@ def event_send(request: HttpRequest, response: HttpResponse, body: EventIn) -> A
     principal = require_scope(request, "events:write")
     try:
         draft = _draft(body, header_key=_header_key(request))
-        receipt = event_ingest(tenant=principal.tenant, draft=draft)
+        receipt = event_ingest(
+            tenant=principal.tenant,
+            draft=draft,
+            reservation=getattr(request, "quota_reservation", None),
+        )
     except EventRejected as rejection:
         return rejection_response(rejection)
     except QuotaExceeded as exceeded:

@@ -1,7 +1,10 @@
 """Accepting events: validation, idempotency, storage, and the hand-off to the pipeline.
 
 An event is stored with one INSERT and handed to the pipeline after the
-transaction commits. An idempotency key makes the INSERT ``ON CONFLICT DO
+transaction commits, through the process's publisher, which publishes many
+requests' events at once off the request path (rules_engine.services.dispatch;
+the events table is the outbox, and the sweeper dispatches what a publish
+lost). An idempotency key makes the INSERT ``ON CONFLICT DO
 NOTHING`` on a unique index, so two concurrent requests with one key create
 one row: the second waits for the first to commit, inserts nothing, and reads
 the first's row to replay its response. Within the window (default 7 days) the
@@ -17,17 +20,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
-from herald.limits import event_quota_consume, event_quota_refund
+from herald.limits import QuotaReservation, event_quota_consume, event_quota_refund
 from herald.problems import FieldError, json_pointer
 from rules_engine.event_types import EventTypeInfo, event_types_current
 from rules_engine.models import Event, EventStatus
+from rules_engine.services.dispatch import events_enqueue
 from tenants.models import Tenant
 
 MAX_ERRORS_PER_EVENT = 20
-PIPELINE_CHUNK = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,46 +141,61 @@ def _new_event(draft: EventDraft, *, now: datetime) -> Event:
     )
 
 
+_INSERT = """INSERT INTO {table} (
+    id, event_type_key, recipients, topic, payload, actor, tenant_data, send_at, status,
+    idempotency_key, request_hash, outcome, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, '{{}}'::jsonb, %s)
+"""
+
+
+def _event_insert(event: Event) -> None:
+    """``event.save(force_insert=True)`` without the model machinery around it
+    (signals, field preparation): the hot path of POST /events."""
+    sql = _INSERT.format(table=connection.ops.quote_name(Event._meta.db_table))
+    with connection.cursor() as cursor:
+        params: list[Any] = [
+            event.id,
+            event.event_type_key,
+            Jsonb(event.recipients),
+            event.topic,
+            Jsonb(event.payload),
+            None if event.actor is None else Jsonb(event.actor),
+            None if event.tenant_data is None else Jsonb(event.tenant_data),
+            event.send_at,
+            EventStatus.ACCEPTED.value,
+            event.idempotency_key,
+            event.request_hash,
+            event.created_at,
+        ]
+        cursor.execute(sql, params)
+
+
 def _is_due(event: Event, now: datetime) -> bool:
     return event.send_at is None or event.send_at <= now
-
-
-def _enqueue(event_ids: list[uuid.UUID]) -> None:
-    """Hand events to the pipeline once the rows are committed.
-
-    ``robust``: if the broker is down the request still succeeds (the event is
-    stored) and the error is logged; the sweeper enqueues the event later.
-    """
-    from rules_engine.tasks import event_process, event_process_many
-
-    if not event_ids:
-        return
-    if len(event_ids) == 1:
-        only = str(event_ids[0])
-        transaction.on_commit(lambda: event_process.delay(only), robust=True)
-        return
-    for start in range(0, len(event_ids), PIPELINE_CHUNK):
-        chunk = [str(event_id) for event_id in event_ids[start : start + PIPELINE_CHUNK]]
-        transaction.on_commit(
-            lambda chunk=chunk: event_process_many.delay(chunk),  # type: ignore[misc]
-            robust=True,
-        )
 
 
 def _window_start(now: datetime) -> datetime:
     return now - timedelta(days=settings.HERALD_IDEMPOTENCY_WINDOW_DAYS)
 
 
-def event_ingest(*, tenant: Tenant, draft: EventDraft) -> EventReceipt:
+def event_ingest(
+    *, tenant: Tenant, draft: EventDraft, reservation: QuotaReservation | None = None
+) -> EventReceipt:
     """Store one event (or find the one this idempotency key already made).
 
-    Counts against the tenant's monthly quota (raises herald.limits.QuotaExceeded);
-    a replay is given back.
+    Counts against the tenant's monthly quota (raises herald.limits.QuotaExceeded),
+    through ``reservation`` when the request's limits check made one; a replay
+    is given back.
     """
     errors = event_errors(draft=draft, strict=tenant.strict_event_types)
     if errors:
+        if reservation is not None:
+            reservation.release()
         raise _rejection(errors)
-    event_quota_consume(tenant=tenant, count=1)
+    if reservation is not None:
+        reservation.take()
+    else:
+        event_quota_consume(tenant=tenant, count=1)
     try:
         receipt = _event_store(draft)
     except EventRejected:
@@ -191,9 +210,9 @@ def _event_store(draft: EventDraft) -> EventReceipt:
     now = timezone.now()
     event = _new_event(draft, now=now)
     if draft.idempotency_key is None:
-        event.save(force_insert=True)
+        _event_insert(event)
         if _is_due(event, now):
-            _enqueue([event.id])
+            events_enqueue([event.id])
         return EventReceipt(id=event.id, status=EventStatus.ACCEPTED, created_at=now)
 
     key = draft.idempotency_key
@@ -208,7 +227,7 @@ def _event_store(draft: EventDraft) -> EventReceipt:
             continue
         if existing["id"] == event.id:
             if _is_due(event, now):
-                _enqueue([event.id])
+                events_enqueue([event.id])
             return EventReceipt(id=event.id, status=EventStatus.ACCEPTED, created_at=now)
         if existing["created_at"] < _window_start(now):
             Event.objects.filter(pk=existing["id"], idempotency_key=key).update(
@@ -231,9 +250,9 @@ def _event_store(draft: EventDraft) -> EventReceipt:
     )
 
 
-_BATCH_INSERT = """
-INSERT INTO {table} (id, event_type_key, recipients, topic, payload, actor, tenant_data,
-                     send_at, status, idempotency_key, request_hash, outcome, created_at)
+_BATCH_INSERT = """INSERT INTO {table} (
+    id, event_type_key, recipients, topic, payload, actor, tenant_data, send_at, status,
+    idempotency_key, request_hash, outcome, created_at)
 SELECT r.id, r.event_type_key, r.recipients, r.topic, r.payload, r.actor, r.tenant_data,
        r.send_at, %s, r.idempotency_key, r.request_hash, '{{}}'::jsonb, %s
 FROM jsonb_to_recordset(%s::jsonb) AS r(
@@ -300,6 +319,7 @@ def event_ingest_many(
     not_stored = 0
 
     _events_insert_ignoring_conflicts([event for _, _, event in events], now=now)
+    due: list[uuid.UUID] = []
     keys = {event.idempotency_key for _, _, event in events if event.idempotency_key}
     holders = {
         row["idempotency_key"]: row
@@ -307,14 +327,13 @@ def event_ingest_many(
             "id", "idempotency_key", "request_hash", "created_at"
         )
     }
-    inserted: list[uuid.UUID] = []
     for index, draft, event in events:
         key = event.idempotency_key
         holder = holders.get(key) if key else None
         if key is None or (holder is not None and holder["id"] == event.id):
             receipt = EventReceipt(id=event.id, status=EventStatus.ACCEPTED, created_at=now)
             if _is_due(event, now):
-                inserted.append(event.id)
+                due.append(event.id)
             results[index] = BatchItemResult(index=index, receipt=receipt)
         elif holder is None or holder["created_at"] < _window_start(now):
             # Rare: the key's holder expired or vanished; take the careful path.
@@ -338,5 +357,5 @@ def event_ingest_many(
             )
             results[index] = BatchItemResult(index=index, receipt=replay)
     event_quota_refund(tenant=tenant, count=not_stored)
-    _enqueue(inserted)
+    events_enqueue(due)
     return [results[index] for index in sorted(results)]

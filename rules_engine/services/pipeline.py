@@ -12,12 +12,15 @@ from django.utils import timezone
 
 from rules_engine.models import Event, EventStatus
 
+# Normally queued (the dispatcher claimed it); accepted when called directly.
+PENDING = frozenset({EventStatus.ACCEPTED, EventStatus.QUEUED})
+
 
 def event_process(*, event_id: uuid.UUID) -> Event | None:
     """Move an accepted event through the pipeline; a no-op if it already went."""
     with transaction.atomic():
         event = Event.objects.select_for_update(skip_locked=True).filter(pk=event_id).first()
-        if event is None or event.status != EventStatus.ACCEPTED:
+        if event is None or event.status not in PENDING:
             return event  # gone, being processed by another worker, or done
         known_type = event.event_type_key in _known_types()
         event.status = EventStatus.NO_MATCH

@@ -34,6 +34,13 @@ RESULT_TIMEOUT = 20.0
 MAX_DELIVERIES = 2
 
 
+def routing_reset() -> None:
+    """Make the app route by its current task_routes: Celery builds its router once
+    and caches it, so a changed setting alone would not reach tasks sent later."""
+    app.amqp.flush_routes()
+    app.amqp.__dict__.pop("router", None)
+
+
 def database_url() -> str:
     db = connection.settings_dict
     host = quote(db["HOST"] or "127.0.0.1", safe="")
@@ -75,11 +82,13 @@ def worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[subprocess
         pytest.fail("worker did not start in time:\n" + "".join(output))
     app.conf.task_default_queue = queue
     app.conf.task_routes = {"tests.*": {"queue": queue}}
+    routing_reset()
     try:
         yield process
     finally:
         app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
         app.conf.task_routes = settings.CELERY_TASK_ROUTES
+        routing_reset()
         process.terminate()
         try:
             process.wait(timeout=20)

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test import Client
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tenants.utils import tenant_context
 
@@ -69,10 +68,11 @@ def order_type(tenant_a: Tenant) -> Iterator[None]:
 
 
 def test_event_is_stored_and_handed_to_the_pipeline_after_commit(
-    api_a: ApiClient, tenant_a: Tenant, django_capture_on_commit_callbacks: Any, monkeypatch: Any
+    api_a: ApiClient,
+    tenant_a: Tenant,
+    django_capture_on_commit_callbacks: Any,
+    published: list[tuple[str, list[str]]],
 ) -> None:
-    sent: list[str] = []
-    monkeypatch.setattr("rules_engine.tasks.event_process.delay", sent.append)
     body = {
         "event": "order.shipped",
         "to": ["u-1", {"id": "u-2", "email": "u2@example.com", "phone": "+14155550100"}],
@@ -86,10 +86,10 @@ def test_event_is_stored_and_handed_to_the_pipeline_after_commit(
     assert response.status_code == 202
     accepted = response.json()
     assert accepted["status"] == "accepted"
-    assert sent == []  # nothing before the commit
+    assert published == []  # nothing before the commit
     for callback in callbacks:
         callback()
-    assert sent == [accepted["id"]]
+    assert published == [("alpha", [accepted["id"]])]
 
     (event,) = events_of(tenant_a)
     assert str(event.id) == accepted["id"]
@@ -160,6 +160,23 @@ def test_schema_change_applies_to_the_next_event(api_a: ApiClient, tenant_a: Ten
     assert_problem(post(api_a, {"event": "invoice.paid", "payload": {}}), 422, "validation-failed")
 
 
+def test_a_recreated_event_type_never_meets_its_old_schema(
+    api_a: ApiClient, tenant_a: Tenant
+) -> None:
+    """Deleted and declared again, the type restarts at schema version 1: the
+    validator cache must not hand it the earlier version 1's schema."""
+    from rules_engine.services.event_types import event_type_save
+
+    with tenant_context(tenant_a):
+        event_type_save(key="refund.issued", payload_schema={"required": ["amount"]})
+    assert_problem(post(api_a, {"event": "refund.issued", "payload": {}}), 422, "validation-failed")
+    with tenant_context(tenant_a):
+        EventType.objects.filter(key="refund.issued").delete()
+        again = event_type_save(key="refund.issued", payload_schema={"type": "object"})
+    assert again.schema_version == 1
+    assert post(api_a, {"event": "refund.issued", "payload": {}}).status_code == 202
+
+
 def test_unknown_event_type_is_accepted_unless_strict(api_a: ApiClient, tenant_a: Tenant) -> None:
     assert post(api_a, {"event": "never.declared"}).status_code == 202
     Tenant.objects.filter(pk=tenant_a.pk).update(strict_event_types=True)
@@ -181,18 +198,30 @@ def test_key_without_events_write_can_not_send(
     assert events_of(tenant_a) == []
 
 
-def test_warm_post_issues_a_bounded_number_of_queries(api_a: ApiClient, order_type: None) -> None:
+def test_warm_post_issues_one_statement(
+    api_a: ApiClient, order_type: None, django_assert_num_queries: Any
+) -> None:
+    """Warm: the key and event types are cached, and the connection is already on
+    the tenant's schema (no SET search_path), so the INSERT is all."""
     body = {"event": "order.shipped", "payload": {"order_id": "A", "items": []}}
     assert post(api_a, body).status_code == 202  # warms the key and event-type caches
-    with CaptureQueriesContext(connection) as queries:
+    with django_assert_num_queries(1) as captured:
         assert post(api_a, body).status_code == 202
-    statements = [q["sql"] for q in queries if not q["sql"].startswith("SET search_path")]
-    assert len(statements) == 1, statements
-    assert statements[0].startswith('INSERT INTO "rules_engine_event"')
-    with CaptureQueriesContext(connection) as queries:
+    assert captured.captured_queries[0]["sql"].startswith('INSERT INTO "rules_engine_event"')
+    with django_assert_num_queries(2):  # INSERT … ON CONFLICT DO NOTHING; SELECT the holder
         assert post(api_a, body, **{"Idempotency-Key": "warm-1"}).status_code == 202
-    statements = [q["sql"] for q in queries if not q["sql"].startswith("SET search_path")]
-    assert len(statements) == 2, statements  # INSERT … ON CONFLICT DO NOTHING; SELECT holder
+
+
+def test_alternating_tenants_each_land_in_their_own_schema(
+    api_a: ApiClient, api_b: ApiClient, tenant_a: Tenant, tenant_b: Tenant
+) -> None:
+    """The connection keeps its schema between requests; a new tenant switches it."""
+    sent: dict[str, list[str]] = {"a": [], "b": []}
+    for client, name in ((api_a, "a"), (api_b, "b"), (api_b, "b"), (api_a, "a"), (api_b, "b")):
+        sent[name].append(post(client, {"event": f"from.{name}"}).json()["id"])
+    assert sorted(str(e.id) for e in events_of(tenant_a)) == sorted(sent["a"])
+    assert sorted(str(e.id) for e in events_of(tenant_b)) == sorted(sent["b"])
+    assert {e.event_type_key for e in events_of(tenant_b)} == {"from.b"}
 
 
 # --- Idempotency ---------------------------------------------------------------------
@@ -384,15 +413,19 @@ def test_batch_over_a_thousand_is_refused(api_a: ApiClient, tenant_a: Tenant) ->
 
 
 def test_batch_hands_events_to_the_pipeline_in_chunks(
-    api_a: ApiClient, django_capture_on_commit_callbacks: Any, monkeypatch: Any
+    api_a: ApiClient,
+    django_capture_on_commit_callbacks: Any,
+    published: list[tuple[str, list[str]]],
 ) -> None:
-    chunks: list[list[str]] = []
-    monkeypatch.setattr("rules_engine.tasks.event_process_many.delay", chunks.append)
     events = [{"event": "x", "payload": {"i": i}} for i in range(250)]
     with django_capture_on_commit_callbacks(execute=True):
         results = post(api_a, {"events": events}, "/api/v1/events/batch").json()["results"]
-    assert [len(chunk) for chunk in chunks] == [100, 100, 50]
-    assert sorted(i for chunk in chunks for i in chunk) == sorted(r["id"] for r in results)
+    assert [(schema, len(chunk)) for schema, chunk in published] == [
+        ("alpha", 100),
+        ("alpha", 100),
+        ("alpha", 50),
+    ]
+    assert sorted(i for _, chunk in published for i in chunk) == sorted(r["id"] for r in results)
 
 
 # --- GET /events/{id} ----------------------------------------------------------------
