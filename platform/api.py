@@ -13,6 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Field, NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
 from ninja.security import HttpBearer
+from pydantic import BaseModel
 
 from herald.jsonbody import BodyProblem, HeraldParser
 from herald.pagination import InvalidCursor
@@ -230,7 +231,7 @@ class ProblemOut(Schema):
     detail: str
 
 
-class FieldErrorOut(Schema):
+class FieldErrorOut(BaseModel):
     pointer: str = Field(description="JSON pointer to the field, e.g. /email")
     detail: str
 

@@ -81,6 +81,12 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+def _refuse_constant(name: str) -> Any:
+    # Python's parser accepts NaN and ±Infinity; JSON (RFC 8259) and PostgreSQL's
+    # jsonb do not, so storing one would fail later, as a server error.
+    raise BodyProblem(f"{name} is not a JSON value (JSON has no NaN or Infinity).", token=name)
+
+
 def parse_json_body(body: bytes) -> Any:
     limit: int = settings.HERALD_MAX_JSON_DEPTH
     try:
@@ -90,7 +96,7 @@ def parse_json_body(body: bytes) -> Any:
             f"The body is not valid UTF-8 (byte {error.start}).", position=error.start
         ) from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise BodyProblem(
             f"{error.msg} at line {error.lineno}, column {error.colno} (character {error.pos}).",

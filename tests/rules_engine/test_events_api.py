@@ -412,6 +412,14 @@ def test_batch_over_a_thousand_is_refused(api_a: ApiClient, tenant_a: Tenant) ->
     assert events_of(tenant_a) == []
 
 
+def test_batch_keeps_integers_beyond_64_bits_exact(api_a: ApiClient, tenant_a: Tenant) -> None:
+    big = 123456789012345678901234567890
+    body = f'{{"events": [{{"event": "x", "payload": {{"n": {big}, "m": -{big}}}}}]}}'
+    assert post(api_a, body.encode(), "/api/v1/events/batch").status_code == 202
+    (event,) = events_of(tenant_a)
+    assert event.payload == {"n": big, "m": -big}
+
+
 def test_batch_hands_events_to_the_pipeline_in_chunks(
     api_a: ApiClient,
     django_capture_on_commit_callbacks: Any,
@@ -471,6 +479,18 @@ def test_reading_needs_messages_read(
 def test_malformed_json_says_where_it_broke(api_a: ApiClient) -> None:
     problem = assert_problem(post(api_a, b'{"event": "x",\n "to": [}'), 400, "malformed-json")
     assert (problem["line"], problem["column"]) == (2, 9)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused_not_stored(
+    api_a: ApiClient, tenant_a: Tenant, token: str
+) -> None:
+    body = f'{{"event": "x", "payload": {{"amount": {token}}}}}'.encode()
+    problem = assert_problem(post(api_a, body), 400, "malformed-json")
+    assert token in problem["detail"]
+    batch = f'{{"events": [{{"event": "x", "payload": {{"n": {token}}}}}]}}'.encode()
+    assert_problem(post(api_a, batch, "/api/v1/events/batch"), 400, "malformed-json")
+    assert events_of(tenant_a) == []
 
 
 def test_invalid_utf8_is_400(api_a: ApiClient) -> None:
