@@ -147,6 +147,8 @@ class Gunicorn:
         *,
         workers: int,
         env: dict[str, str],
+        worker_class: str = "sync",
+        threads: int = 1,
         host: str = "127.0.0.1",
         port: int | None = None,
         log_path: Path | None = None,
@@ -156,6 +158,8 @@ class Gunicorn:
     ) -> None:
         self.app = app
         self.workers = workers
+        self.worker_class = worker_class
+        self.threads = threads
         self.env = env
         self.host = host
         self.port = port or free_port(host)
@@ -172,7 +176,8 @@ class Gunicorn:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "gunicorn", self.app,
-            "--workers", str(self.workers), "--worker-class", "sync",
+            "--workers", str(self.workers), "--worker-class", self.worker_class,
+            "--threads", str(self.threads),
             "--bind", f"{self.host}:{self.port}", "--log-level", "warning",
             *self.extra_args,
         ]  # fmt: skip

@@ -1,6 +1,6 @@
 """Ingest benchmark: POST /api/v1/events and POST /api/v1/events/batch under load.
 
-    .venv/bin/python bench/ingest.py [--duration 20] [--connections 32] [--workers 2]
+    .venv/bin/python bench/ingest.py [--duration 20] [--connections 32] [--workers 3 --threads 2]
                                      [--target URL --key KEY] [--write-docs]
 
 Without ``--target`` it sets up its own stack: the database ``herald_bench``
@@ -8,9 +8,9 @@ on the PostgreSQL server of DATABASE_URL (default 127.0.0.1:5432), migrated,
 with a tenant ``bench`` on a plan ``bench`` whose limits are too large to be
 reached (so the rate limiter and the monthly quota still run, a Redis round
 trip each, but never refuse), a fresh ``events:write`` key, Redis database 9
-as cache and Celery broker, and gunicorn with sync workers as production runs
-it. No Celery worker runs: this measures ingest alone, and the queued pipeline
-tasks are deleted at the end.
+as cache and Celery broker, and gunicorn as production runs it (gthread
+workers, docker/compose.yaml). No Celery worker runs: this measures ingest
+alone, and the queued pipeline tasks are deleted at the end.
 
 The load comes from wrk (closed loop: each connection sends its next request
 when the previous one is answered) after a warm-up. The same run measures two
@@ -361,7 +361,12 @@ def own_stack(arguments: argparse.Namespace) -> Iterator[Stack]:
     log = Path(tempfile.gettempdir()) / "herald-bench-gunicorn.log"
     try:
         with Gunicorn(
-            workers=arguments.workers, env=env, log_path=log, app=arguments.app
+            workers=arguments.workers,
+            worker_class=arguments.worker_class,
+            threads=arguments.threads,
+            env=env,
+            log_path=log,
+            app=arguments.app,
         ) as server:
             server.wait_healthy(timeout=90)
             yield Stack(
@@ -677,6 +682,7 @@ class Report:
     pg_batch: PgbenchResult | None
     batch_size: int
     workers: int | None
+    server: str  # worker class and threads
     connections: int
     batch_connections: int
     duration: float
@@ -766,7 +772,7 @@ class Report:
             ),
             "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
             f"- **Code:** {self.code}",
-            f"- **Server:** gunicorn, {self.workers} sync workers"
+            f"- **Server:** gunicorn, {self.workers} workers, {self.server}"
             if self.workers
             else "- **Server:** given with --target",
             f"- **Load:** wrk, {self.connections} connections (single), "
@@ -883,7 +889,16 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-connections", type=int, default=4, help="wrk connections, batch")
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch request")
     parser.add_argument("--threads", type=int, default=2, help="wrk and pgbench threads")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument(
+        "--worker-class",
+        default="gthread",
+        choices=["gthread", "sync"],
+        help="gunicorn worker class (production: gthread)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="threads per gthread worker (production: 2)"
+    )
     parser.add_argument("--target", help="benchmark this running Herald instead (base URL)")
     parser.add_argument("--key", help="API key (events:write) for --target")
     parser.add_argument(
@@ -1047,6 +1062,11 @@ def benchmark(arguments: argparse.Namespace, argv: list[str]) -> Report:
         pg_batch=pg_batch,
         batch_size=arguments.batch_size,
         workers=None if arguments.target else arguments.workers,
+        server=(
+            f"{arguments.worker_class} ({arguments.threads} threads each)"
+            if arguments.worker_class == "gthread"
+            else "sync"
+        ),
         connections=arguments.connections,
         batch_connections=arguments.batch_connections,
         duration=arguments.duration,
