@@ -1,6 +1,7 @@
 """Ingest benchmark: POST /api/v1/events and POST /api/v1/events/batch under load.
 
-    .venv/bin/python bench/ingest.py [--duration 20] [--connections 32] [--workers 3 --threads 2]
+    .venv/bin/python bench/ingest.py [--duration 20] [--connections 32] [--workers 3]
+                                     [--worker-class gthread] [--gunicorn-threads 2]
                                      [--target URL --key KEY] [--write-docs]
 
 Without ``--target`` it sets up its own stack: the database ``herald_bench``
@@ -363,7 +364,7 @@ def own_stack(arguments: argparse.Namespace) -> Iterator[Stack]:
         with Gunicorn(
             workers=arguments.workers,
             worker_class=arguments.worker_class,
-            threads=arguments.threads,
+            threads=arguments.gunicorn_threads,
             env=env,
             log_path=log,
             app=arguments.app,
@@ -897,7 +898,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         help="gunicorn worker class (production: gthread)",
     )
     parser.add_argument(
-        "--threads", type=int, default=2, help="threads per gthread worker (production: 2)"
+        "--gunicorn-threads",
+        type=int,
+        default=2,
+        help="threads per gthread worker (production: 2)",
     )
     parser.add_argument("--target", help="benchmark this running Herald instead (base URL)")
     parser.add_argument("--key", help="API key (events:write) for --target")
@@ -1063,7 +1067,7 @@ def benchmark(arguments: argparse.Namespace, argv: list[str]) -> Report:
         batch_size=arguments.batch_size,
         workers=None if arguments.target else arguments.workers,
         server=(
-            f"{arguments.worker_class} ({arguments.threads} threads each)"
+            f"{arguments.worker_class} ({arguments.gunicorn_threads} threads each)"
             if arguments.worker_class == "gthread"
             else "sync"
         ),
