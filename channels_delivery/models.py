@@ -59,6 +59,9 @@ class Message(models.Model):
     )
     # The template variant rendered (after fallback), e.g. "pt-BR".
     locale = models.CharField(max_length=35, blank=True)
+    # Not before this time: a rule's delay, or the opening of the subscriber's
+    # send window. NULL: as soon as possible. The delivery sweeper waits for it.
+    send_after = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -235,6 +235,9 @@ class CelProgram:
     """The library's program; None for the empty condition, which is always true."""
     cost: int | None = field(default=None, repr=False, compare=False)
     """(operators + 1)², or None when the cost depends on the data (comprehensions)."""
+    uses: frozenset[str] = field(default=frozenset(), compare=False)
+    """The variables (of ``VARIABLES``) the expression reads: a condition that does
+    not read ``subscriber`` is evaluated once per event, not per recipient."""
 
     def evaluate(self, variables: Mapping[str, Any] | Activation) -> Any:
         """The expression's value as plain Python values (bool, int, float, str, bytes,
@@ -318,7 +321,8 @@ def compile_expression(source: str) -> CelProgram:
         if name not in FUNCTIONS and not name.startswith(("_", "@", "!")):
             raise CelCompileError(f"unknown function '{name}'")
     cost = None if shape.comprehensions else (shape.operators + 1) ** 2 + shape.regex_cost
-    return CelProgram(source=source, native=native, cost=cost)
+    uses = frozenset(name for name in variables if name in VARIABLES)
+    return CelProgram(source=source, native=native, cost=cost, uses=uses)
 
 
 def validate_expression(source: str) -> None:

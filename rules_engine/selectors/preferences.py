@@ -53,3 +53,35 @@ def preference_effective_list(*, subscriber: Subscriber) -> list[EffectivePrefer
         source: PreferenceSource = "default" if preference.subscriber_id is None else "subscriber"
         effective[_scope(preference)] = _effective(preference, source)
     return [effective[scope] for scope in sorted(effective)]
+
+
+class PreferenceResolver:
+    """Whether each subscriber may get one event type on each channel, for a whole
+    fan-out, from one query.
+
+    A subscriber's own choices come first, then the tenant's defaults; within
+    each, the most specific scope wins (the event type, then its category,
+    then everything). With no row at all, a channel is allowed.
+    """
+
+    def __init__(self, *, event_type_key: str, category: str) -> None:
+        scopes = Q(event_type_key=event_type_key) | Q(event_type_key="", category="")
+        if category:
+            scopes |= Q(category=category)
+        self._choices: dict[tuple[int | None, str, int], bool] = {}
+        rows = Preference.objects.filter(scopes).values_list(
+            "subscriber_id", "event_type_key", "category", "channel", "enabled"
+        )
+        for subscriber_id, row_event_type, row_category, channel, enabled in rows:
+            specificity = 2 if row_event_type else 1 if row_category else 0
+            self._choices[(subscriber_id, channel, specificity)] = enabled
+
+    def allows(self, *, subscriber_id: int, channel: str) -> tuple[bool, str]:
+        """(allowed, why): why names the choice that decided, for the event's story."""
+        for owner, source in ((subscriber_id, "subscriber"), (None, "tenant default")):
+            for specificity, scope in ((2, "event type"), (1, "category"), (0, "all")):
+                enabled = self._choices.get((owner, channel, specificity))
+                if enabled is not None:
+                    verdict = "opted in" if enabled else "opted out"
+                    return enabled, f"{source} {verdict} ({scope}, {channel})"
+        return True, "no preference"

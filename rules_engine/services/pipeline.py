@@ -1,42 +1,402 @@
-"""The pipeline's entry: an accepted event is processed exactly once.
+"""The pipeline: an accepted event becomes messages, and its story is recorded.
 
-Rules, recipients and rendering arrive with the Rules engine issue; until a
-tenant can define rules, every event is recorded as matching none, which is
-also what an event of an unknown type always gets.
+For each enabled rule of the event's type, in order: the rule's condition (CEL)
+decides whether it applies, its selector names the recipients (the event's ids
+and inline profiles, a topic, or a broadcast filter), preferences and
+reachability drop some of them with a reason, and each remaining recipient
+gets one message per action, rendered once from the template version current
+now (in the subscriber's locale, or the template's fallback) and stored with
+the rule and template versions that produced it. Every decision goes into
+``Event.outcome``: matched and unmatched rules, evaluation errors, skipped
+recipients and why.
+
+The number of queries per event does not grow with the number of recipients
+(rules, templates, preferences, recent messages for throttling: one query
+each; recipients: one or two per selector; messages: one COPY), which the
+tests assert. A condition that reads only ``event`` and ``tenant`` is
+evaluated once per event, not once per recipient.
+
+Timing options: ``delay_seconds`` and ``send_window`` set the message's
+``send_after`` (the delivery sweeper waits for it; critical event types ignore
+the window), and ``throttle`` drops recipients who already got ``limit``
+messages from the rule within the window (recorded as throttled).
 """
 
 import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
+from markupsafe import Markup
 
-from rules_engine.models import Event, EventStatus
+from channels_delivery.catalogue import Channel
+from channels_delivery.models import Message
+from channels_delivery.services.messages import NewMessage, messages_copy
+from rules_engine.cel import CelError, CelProgram, build_activation, program_for
+from rules_engine.event_types import event_types_current
+from rules_engine.models import Event, EventStatus, RuleVersion, TemplateVersion
+from rules_engine.recipients import (
+    Recipient,
+    Skipped,
+    recipients_resolve,
+    subscriber_variables,
+    upsert_inline_profiles,
+)
+from rules_engine.selectors.preferences import PreferenceResolver
+from rules_engine.selectors.rules import rules_for_event_type
+from rules_engine.selectors.templates import template_versions_current
+from rules_engine.templating import RenderContext, TemplateError, render_fields, render_text
+from rules_engine.timing import message_send_after
+from tenants.db import tenant_connection
 
-# Normally queued (the dispatcher claimed it); accepted when called directly.
+# Normally queued (the publisher or sweeper handed it over); accepted when called directly.
 PENDING = frozenset({EventStatus.ACCEPTED, EventStatus.QUEUED})
+# The story keeps this many skipped recipients per rule, and counts the rest.
+SKIPPED_KEPT = 100
+
+
+def _reachable(recipient: Recipient, channel: str) -> str | None:
+    """Why the recipient can not be reached on ``channel`` (None when they can)."""
+    channels = recipient["channels"] or {}
+    if channel == Channel.EMAIL and not recipient["email"]:
+        return "no email address"
+    if channel == Channel.SMS and not recipient["phone"]:
+        return "no phone number"
+    if channel == Channel.PUSH and not channels.get("push"):
+        return "no push subscription"
+    if channel == Channel.CHAT and not channels.get("chat"):
+        return "no chat address"
+    return None
+
+
+def _variant(version: TemplateVersion, locale: str) -> tuple[str, dict[str, str]]:
+    """The locale rendered and its fields: the subscriber's locale, its language,
+    else the template's fallback."""
+    variants: dict[str, dict[str, str]] = version.variants
+    if locale:
+        if locale in variants:
+            return locale, variants[locale]
+        language = locale.split("-")[0]
+        if language in variants:
+            return language, variants[language]
+    return version.fallback_locale, variants[version.fallback_locale]
+
+
+def render_message(
+    *, version: TemplateVersion, channel: str, context: RenderContext
+) -> tuple[str, dict[str, str]]:
+    """The locale used and the rendered fields (TemplateError when a field fails)."""
+    locale, fields = _variant(version, context.locale)
+    rendered = render_fields(
+        channel, fields, context, strict=version.strict, cache_key=(version.pk, locale)
+    )
+    layout = version.layout
+    if channel == Channel.EMAIL and layout is not None:
+        if rendered.get("html"):
+            rendered["html"] = render_text(
+                layout.html,
+                context,
+                html=True,
+                cache_key=("layout", layout.pk, layout.updated_at, "html"),
+                # The body was rendered with autoescape: it is HTML already.
+                variables={"content": Markup(rendered["html"])},  # noqa: S704
+            )
+        if rendered.get("text") and layout.text:
+            rendered["text"] = render_text(
+                layout.text,
+                context,
+                cache_key=("layout", layout.pk, layout.updated_at, "text"),
+                variables={"content": rendered["text"]},
+            )
+    return locale, rendered
+
+
+@dataclass(kw_only=True)
+class RuleStory:
+    rule_id: int
+    name: str
+    version: int
+    matched: bool = False
+    error: str | None = None
+    recipients: int = 0
+    messages: int = 0
+    failed_renders: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        reasons = Counter(entry.reason.split(" (")[0] for entry in self.skipped)
+        return {
+            "rule_id": self.rule_id,
+            "name": self.name,
+            "version": self.version,
+            "matched": self.matched,
+            "error": self.error,
+            "recipients": self.recipients,
+            "messages": self.messages,
+            "failed_renders": self.failed_renders,
+            "skipped": [entry.as_dict() for entry in self.skipped[:SKIPPED_KEPT]],
+            "skipped_total": len(self.skipped),
+            "skipped_reasons": dict(reasons),
+        }
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """What processing an event decided: the story, and the messages it makes."""
+
+    rules: list[RuleStory] = field(default_factory=list)
+    messages: list[NewMessage] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _event_variables(event: Event) -> dict[str, Any]:
+    return {
+        "type": event.event_type_key,
+        "id": str(event.id),
+        "payload": event.payload,
+        "actor": event.actor,
+        "tenant_data": event.tenant_data,
+        "created_at": event.created_at,
+    }
+
+
+def _tenant_variables() -> dict[str, Any]:
+    tenant = tenant_connection.tenant
+    plan = getattr(tenant, "plan", None)
+    return {
+        "slug": getattr(tenant, "slug", tenant_connection.schema_name),
+        "name": getattr(tenant, "name", ""),
+        "plan": plan.name if plan is not None else "",
+    }
+
+
+def _throttled_counts(
+    version: RuleVersion, *, now: datetime
+) -> Mapping[int, int]:  # subscriber id -> messages within the window
+    throttle = version.throttle
+    if not throttle:
+        return {}
+    since = now - timedelta(seconds=int(throttle["window_seconds"]))
+    rows = (
+        Message.objects.filter(rule_version__rule_id=version.rule_id, created_at__gte=since)
+        .values("subscriber_id")
+        .annotate(sent=Count("id"))
+        .values_list("subscriber_id", "sent")
+    )
+    return dict(rows)
+
+
+def event_plan(
+    *,
+    event: Event,
+    rules: Sequence[tuple[Any, RuleVersion]],
+    now: datetime,
+    category: str,
+    critical: bool,
+    upsert_inline: bool = True,
+) -> Plan:
+    """Decide everything for ``event`` without writing messages (the dry run's core)."""
+    plan = Plan()
+    event_vars = _event_variables(event)
+    base = {"event": event_vars, "tenant": _tenant_variables()}
+    templates = template_versions_current(
+        action["template"] for _, version in rules for action in version.actions
+    )
+    preferences = PreferenceResolver(event_type_key=event.event_type_key, category=category)
+    inline = [entry for entry in event.recipients if isinstance(entry, dict) and "id" in entry]
+    if upsert_inline and inline and any(v.recipients.get("kind") == "event" for _, v in rules):
+        plan.skipped.extend(upsert_inline_profiles(inline))
+    event_activation = build_activation({**base, "subscriber": {}})
+    resolved_cache: dict[str, tuple[Any, list[str]]] = {}
+
+    for rule, version in rules:
+        story = RuleStory(rule_id=rule.pk, name=rule.name, version=version.version)
+        plan.rules.append(story)
+        try:
+            program = program_for((rule.pk, version.version), version.condition)
+        except CelError as error:
+            story.error = f"condition: {error.message}"
+            continue
+        per_recipient = "subscriber" in program.uses
+        if not per_recipient:
+            try:
+                if not program.matches(event_activation):
+                    continue
+            except CelError as error:
+                story.error = f"condition: {error.message}"
+                continue
+        selector = version.recipients
+        key = repr(sorted(selector.items()))
+        if key not in resolved_cache:
+            filter_program: CelProgram | None = None
+            if selector.get("kind") == "broadcast":
+                source = selector.get("filter") or ""
+                filter_program = program_for(("broadcast", source), source)
+            resolved_cache[key] = recipients_resolve(
+                selector=selector,
+                event_to=event.recipients,
+                event_topic=event.topic,
+                filter_program=filter_program,
+                variables=base,
+            )
+        resolved, filter_errors = resolved_cache[key]
+        story.skipped.extend(
+            Skipped(subscriber=s.subscriber, reason=s.reason, rule_id=rule.pk)
+            for s in resolved.skipped
+        )
+        if filter_errors:
+            story.error = "broadcast filter: " + "; ".join(filter_errors)
+        throttle_counts = dict(_throttled_counts(version, now=now))
+        matched_any = not per_recipient
+        for recipient in resolved.recipients:
+            subscriber = subscriber_variables(recipient)
+            if per_recipient:
+                try:
+                    if not program.matches(build_activation({**base, "subscriber": subscriber})):
+                        continue
+                except CelError as error:
+                    story.skipped.append(
+                        Skipped(
+                            subscriber=recipient["external_id"],
+                            reason=f"condition failed: {error.message}",
+                            rule_id=rule.pk,
+                        )
+                    )
+                    continue
+                matched_any = True
+            story.recipients += 1
+            if version.throttle:
+                sent = throttle_counts.get(recipient["id"], 0)
+                if sent >= int(version.throttle["limit"]):
+                    story.skipped.append(
+                        Skipped(
+                            subscriber=recipient["external_id"],
+                            reason=f"throttled: {sent} messages within "
+                            f"{version.throttle['window_seconds']} s",
+                            rule_id=rule.pk,
+                        )
+                    )
+                    continue
+                throttle_counts[recipient["id"]] = sent + 1
+            context = RenderContext(
+                event=event_vars,
+                subscriber=subscriber,
+                tenant=base["tenant"],
+                locale=recipient["locale"] or "en",
+                timezone=recipient["timezone"] or "UTC",
+            )
+            send_after = message_send_after(
+                now=now,
+                delay_seconds=version.delay_seconds,
+                window=version.send_window,
+                timezone=recipient["timezone"],
+                critical=critical,
+            )
+            for action in version.actions:
+                channel = action["channel"]
+                allowed, why = preferences.allows(subscriber_id=recipient["id"], channel=channel)
+                if not allowed and not critical:
+                    story.skipped.append(
+                        Skipped(
+                            subscriber=recipient["external_id"],
+                            reason=why,
+                            channel=channel,
+                            rule_id=rule.pk,
+                        )
+                    )
+                    continue
+                unreachable = _reachable(recipient, channel)
+                if unreachable is not None:
+                    story.skipped.append(
+                        Skipped(
+                            subscriber=recipient["external_id"],
+                            reason=unreachable,
+                            channel=channel,
+                            rule_id=rule.pk,
+                        )
+                    )
+                    continue
+                template = templates.get(action["template"])
+                if template is None:
+                    story.skipped.append(
+                        Skipped(
+                            subscriber=recipient["external_id"],
+                            reason=f"no template {action['template']!r}",
+                            channel=channel,
+                            rule_id=rule.pk,
+                        )
+                    )
+                    continue
+                message = NewMessage(
+                    id=uuid.uuid4(),
+                    event_id=event.id,
+                    subscriber_id=recipient["id"],
+                    channel=channel,
+                    content={},
+                    rule_version_id=version.pk,
+                    template_version_id=template.pk,
+                    locale="",
+                    send_after=send_after,
+                )
+                try:
+                    locale, content = render_message(
+                        version=template, channel=channel, context=context
+                    )
+                except TemplateError as error:
+                    where = f"{error.field}: " if error.field else ""
+                    story.failed_renders += 1
+                    message = replace(message, status="failed", error=f"{where}{error.message}")
+                else:
+                    message = replace(message, content=content, locale=locale)
+                plan.messages.append(message)
+                story.messages += 1
+        story.matched = matched_any
+    return plan
 
 
 def event_process(*, event_id: uuid.UUID) -> Event | None:
-    """Move an accepted event through the pipeline; a no-op if it already went."""
+    """Move a pending event through the pipeline; a no-op if it already went."""
     with transaction.atomic():
         event = Event.objects.select_for_update(skip_locked=True).filter(pk=event_id).first()
         if event is None or event.status not in PENDING:
             return event  # gone, being processed by another worker, or done
-        known_type = event.event_type_key in _known_types()
-        event.status = EventStatus.NO_MATCH
-        event.outcome = {
-            "matched_rules": [],
-            "known_event_type": known_type,
-            "reason": "no rule matches this event"
-            if known_type
-            else f"no event type {event.event_type_key!r} is declared, so no rule matches",
-        }
-        event.processed_at = timezone.now()
+        now = timezone.now()
+        info = event_types_current().get(event.event_type_key)
+        rules = rules_for_event_type(event.event_type_key) if info is not None else []
+        if info is None or not rules:
+            event.status = EventStatus.NO_MATCH
+            event.outcome = {
+                "matched_rules": [],
+                "known_event_type": info is not None,
+                "reason": "no rule matches this event"
+                if info is not None
+                else f"no event type {event.event_type_key!r} is declared, so no rule matches",
+            }
+        else:
+            plan = event_plan(
+                event=event,
+                rules=rules,
+                now=now,
+                category=info.category,
+                critical=info.is_critical,
+            )
+            messages_copy(messages=plan.messages, now=now)
+            matched = [story.rule_id for story in plan.rules if story.matched]
+            event.status = EventStatus.PROCESSED if matched else EventStatus.NO_MATCH
+            event.outcome = {
+                "matched_rules": matched,
+                "known_event_type": True,
+                "rules": [story.as_dict() for story in plan.rules],
+                "messages": len(plan.messages),
+                "skipped": [entry.as_dict() for entry in plan.skipped[:SKIPPED_KEPT]],
+            }
+            if not matched:
+                event.outcome["reason"] = "no rule's condition held"
+        event.processed_at = now
         event.save(update_fields=["status", "outcome", "processed_at"])
     return event
-
-
-def _known_types() -> set[str]:
-    from rules_engine.event_types import event_types_current
-
-    return set(event_types_current())
