@@ -16,11 +16,12 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from channels_delivery.models import Message
+from channels_delivery.models import DeliveryAttempt, Message
 from herald.problems import FieldError, json_pointer
-from rules_engine.models import Subscriber
+from rules_engine.models import Event, Subscriber
 
 EXTERNAL_ID_MAX_LENGTH = 200
 EMAIL_MAX_LENGTH = 254
@@ -285,8 +286,49 @@ def subscriber_bulk_upsert(*, profiles: Sequence[SubscriberProfile]) -> list[Bul
 
 
 def subscriber_erase(*, subscriber: Subscriber) -> None:
-    """Forget a subscriber: its profile, memberships and preferences go, and its
-    messages keep only their counts (status, channel, times), not their content."""
+    """Forget a subscriber: its profile, memberships and preferences go; its
+    messages keep only their counts (status, channel, times), not their content
+    or their delivery attempts' responses; and the events that named it (as a
+    recipient, inline profile, actor, or in the pipeline's story) keep the
+    entry, with the person replaced by ``ERASED_ENTRY``."""
+    external_id = subscriber.external_id
     with transaction.atomic():
-        Message.objects.filter(subscriber=subscriber).update(content=ERASED_CONTENT)
+        messages = Message.objects.filter(subscriber=subscriber)
+        DeliveryAttempt.objects.filter(message__in=messages).update(
+            response_excerpt="", error="", provider_message_id=""
+        )
+        event_ids = set(messages.values_list("event_id", flat=True))
+        messages.update(content=ERASED_CONTENT)
+        mentions = (
+            Q(recipients__contains=[external_id])
+            | Q(recipients__contains=[{"id": external_id}])
+            | Q(actor=external_id)
+            | Q(actor__contains={"id": external_id})
+            | Q(pk__in=event_ids)
+        )
+        for event in Event.objects.filter(mentions).select_for_update():
+            event.recipients = [_erased(entry, external_id) for entry in event.recipients]
+            event.actor = _erased(event.actor, external_id)
+            event.outcome = _outcome_erased(event.outcome, external_id)
+            event.save(update_fields=["recipients", "actor", "outcome"])
         subscriber.delete()
+
+
+ERASED_ENTRY: dict[str, Any] = {"erased": True}
+
+
+def _erased(entry: Any, external_id: str) -> Any:
+    if entry == external_id or (isinstance(entry, Mapping) and entry.get("id") == external_id):
+        return ERASED_ENTRY
+    return entry
+
+
+def _outcome_erased(value: Any, external_id: str) -> Any:
+    """The pipeline's story without the subscriber's id (in skipped entries)."""
+    if isinstance(value, Mapping):
+        if value.get("subscriber") == external_id:
+            return {**value, "subscriber": "[erased]"}
+        return {key: _outcome_erased(item, external_id) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_outcome_erased(item, external_id) for item in value]
+    return value

@@ -31,6 +31,7 @@ from rules_engine.services.preferences import (
 )
 from rules_engine.services.subscribers import (
     ERASED_CONTENT,
+    ERASED_ENTRY,
     InvalidInput,
     SubscriberProfile,
     external_id_errors,
@@ -259,6 +260,44 @@ def test_erasure_removes_the_profile_and_the_messages_content_but_keeps_the_coun
     bobs.refresh_from_db()
     assert bobs.content == {"to": "bob@example.com"}
     assert Topic.objects.get().subscribers.count() == 1
+
+
+def test_erasure_scrubs_events_and_attempts_that_name_the_subscriber(
+    in_tenant_a: Tenant,
+) -> None:
+    from channels_delivery.models import AttemptOutcome, DeliveryAttempt
+
+    ada = subscriber_upsert(profile=SubscriberProfile(external_id="ada")).subscriber
+    named = Event.objects.create(
+        event_type_key="x",
+        recipients=["bob", {"id": "ada", "email": "ada@example.com", "name": "Ada"}],
+        actor="ada",
+        outcome={"rules": [{"skipped": [{"subscriber": "ada", "reason": "no email address"}]}]},
+    )
+    by_id = Event.objects.create(event_type_key="x", recipients=["ada"], actor={"id": "ada"})
+    other = Event.objects.create(event_type_key="x", recipients=["bob"], actor="bob")
+    message = Message.objects.create(event=other, subscriber=ada, channel="email")
+    DeliveryAttempt.objects.create(
+        message=message,
+        provider="smtp",
+        outcome=AttemptOutcome.PERMANENT,
+        response_excerpt="550 ada@example.com: no such user",
+        error="rejected ada@example.com",
+    )
+
+    subscriber_erase(subscriber=ada)
+
+    named.refresh_from_db()
+    assert named.recipients == ["bob", ERASED_ENTRY]
+    assert named.actor == ERASED_ENTRY
+    assert named.outcome["rules"][0]["skipped"][0]["subscriber"] == "[erased]"
+    by_id.refresh_from_db()
+    assert (by_id.recipients, by_id.actor) == ([ERASED_ENTRY], ERASED_ENTRY)
+    other.refresh_from_db()
+    assert (other.recipients, other.actor) == (["bob"], "bob")
+    attempt = DeliveryAttempt.objects.get()
+    assert (attempt.response_excerpt, attempt.error) == ("", "")
+    assert "ada@example.com" not in str(list(Event.objects.values_list("recipients", "actor")))
 
 
 # --- topics ---------------------------------------------------------------------
