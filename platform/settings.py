@@ -311,4 +311,5 @@ if SENTRY_DSN:
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "herald.worker_heartbeat", "schedule": 30.0},
     "events-sweep": {"task": "rules_engine.events_sweep_all", "schedule": 15.0},
+    "digests-flush": {"task": "rules_engine.digests_flush_all", "schedule": 15.0},
 }

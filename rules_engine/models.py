@@ -301,3 +301,95 @@ class RuleVersion(models.Model):
         if not self._state.adding:
             raise VersionImmutable(f"rule version {self.pk} is saved; make a new version")
         super().save(*args, **kwargs)
+
+
+# --- digests ---------------------------------------------------------------------
+#
+# A rule with a digest collects a subscriber's events into an open batch per
+# (rule, subscriber, key) instead of messaging them one by one; once the batch's
+# window closes, the digest sweeper (rules_engine.services.digests) sends one
+# message listing them. The wait lives in these rows, not in the broker.
+
+DIGEST_KEY_MAX_LENGTH = 200
+
+
+class DigestStatus(models.TextChoices):
+    OPEN = "open", "Open, collecting events"
+    SENDING = "sending", "Claimed by the digest sweeper"
+    SENT = "sent", "Done (see message and outcome)"
+
+
+class DigestBatch(models.Model):
+    rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="digest_batches")
+    # The version that opened the batch: its actions render the message.
+    rule_version = models.ForeignKey(
+        RuleVersion, on_delete=models.CASCADE, related_name="digest_batches"
+    )
+    subscriber = models.ForeignKey(
+        Subscriber, on_delete=models.CASCADE, related_name="digest_batches"
+    )
+    key = models.CharField(max_length=DIGEST_KEY_MAX_LENGTH)
+    status = models.CharField(
+        max_length=10, choices=DigestStatus.choices, default=DigestStatus.OPEN
+    )
+    opened_at = models.DateTimeField(default=now)
+    closes_at = models.DateTimeField()
+    last_event_at = models.DateTimeField(default=now)
+    # Who claimed it and when: a claim older than the task time limit is orphaned
+    # (its worker died) and taken over; the token stops the slow one sending too.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claim = models.UUIDField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # The first message made (one per action that went out; all are in outcome).
+    message = models.ForeignKey(
+        "channels_delivery.Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="digest_batches",
+    )
+    # {"events": n, "messages": [{"channel", "id"}], "skipped": [{"channel"?, "reason"}]}
+    outcome = models.JSONField(default=dict, blank=True)
+    events: "models.ManyToManyField[Event, DigestItem]" = models.ManyToManyField(
+        Event, through="DigestItem", related_name="digest_batches"
+    )
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule", "subscriber", "key"],
+                condition=Q(status="open"),
+                name="digest_batch_one_open",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["closes_at"], condition=Q(status="open"), name="digest_batch_due_idx"
+            ),
+            models.Index(
+                fields=["claimed_at"],
+                condition=Q(status="sending"),
+                name="digest_batch_claimed_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}:{self.subscriber_id}:{self.key} ({self.status})"
+
+
+class DigestItem(models.Model):
+    """One event in one batch: adding an event to many subscribers' batches is one
+    INSERT of these rows, never an update of a growing list."""
+
+    batch = models.ForeignKey(DigestBatch, on_delete=models.CASCADE, related_name="items")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="digest_items")
+    added_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "event"], name="digest_item_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}:{self.event_id}"

@@ -1238,10 +1238,13 @@ def render_fields(
     *,
     strict: bool = False,
     cache_key: Hashable | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Renders every field of one channel's template for one recipient, each
     within its FieldSpec (HTML autoescaped, JSON validated, URLs checked,
     length capped). Each field is cached under ``(cache_key, field)``.
+    ``variables`` adds top-level names, as in ``render_text`` (a digest's
+    ``digest``).
 
     Raises TemplateRenderError (or TemplateSyntaxProblem) whose ``field``
     names the field; also when a required field is missing or renders empty.
@@ -1264,6 +1267,7 @@ def render_fields(
                 strict=strict,
                 max_length=spec.max_length,
                 cache_key=None if cache_key is None else (cache_key, name),
+                variables=variables,
             )
             rendered[name] = _finish_field(text, spec)
         except TemplateError as exc:

@@ -4,10 +4,16 @@ A rule's condition, actions, recipients and timing options are versioned: an
 edit that changes them makes a new version, the old ones stay readable under
 ``/rules/{id}/versions``, and every message records the version that made it.
 Writes need the ``admin`` scope; reads accept ``messages:read`` too.
+``POST /rules/{id}/test`` (the dry run) writes nothing and still needs ``admin``:
+it is the rule author's tool, it costs as much as processing an event (a
+broadcast reads every subscriber), and it renders any subscriber's messages
+from a payload the caller makes up.
 """
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
+from uuid import UUID
 
 from django.http import Http404, HttpRequest
 from ninja import Field, Query, Router, Schema, Status
@@ -20,6 +26,7 @@ from rules_engine.api.event_types import (
     require_config_read,
     require_config_write,
 )
+from rules_engine.api.events import ExternalId, InlineSubscriber
 from rules_engine.api.subscribers import PageQuery
 from rules_engine.models import Rule, RuleVersion
 from rules_engine.rule_options import (
@@ -38,6 +45,12 @@ from rules_engine.selectors.rules import (
     rule_version_get,
     rule_version_list,
     rule_versions_current,
+)
+from rules_engine.services.dry_run import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    DryRunNotFound,
+    rule_dry_run,
 )
 from rules_engine.services.rules import (
     RULE_NAME_MAX_LENGTH,
@@ -311,3 +324,134 @@ def rules_versions_read(request: HttpRequest, rule_id: int, version: int) -> Any
     if found is None:
         raise Http404(f"Rule {rule_id} has no version {version}.")
     return _version_out(found)
+
+
+# --- the dry run --------------------------------------------------------------------
+
+
+class RuleTestIn(BaseModel):
+    """What to run the rule against: `payload` (default: the event type's
+    `sample_payload`) or a stored event's `event_id`, not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: dict[str, Any] | None = Field(
+        default=None, description="A payload of the rule's event type; checked against its schema."
+    )
+    event_id: UUID | None = Field(
+        default=None, description="A stored event of the rule's event type, to run again."
+    )
+    to: list[ExternalId | InlineSubscriber] | None = Field(
+        default=None,
+        max_length=1000,
+        description="The event's recipients: subscriber ids or inline profiles (shown as given, "
+        "not saved). With `event_id`: replaces the stored event's.",
+    )
+    topic: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The event's topic. With `event_id`: replaces the stored event's.",
+    )
+    actor: ExternalId | InlineSubscriber | None = Field(
+        default=None, description="The event's actor. With `event_id`: replaces the stored event's."
+    )
+    limit: int = Field(
+        default=DEFAULT_LIMIT,
+        ge=1,
+        le=MAX_LIMIT,
+        description="At most this many recipients and skips are listed; the counts are complete.",
+    )
+
+
+class RenderedMessageOut(Schema):
+    channel: str
+    template: str
+    template_version: int
+    locale: str = Field(description="The variant rendered.")
+    content: dict[str, str] = Field(description="The rendered fields; empty when rendering failed.")
+    error: str | None = Field(
+        description="Why rendering failed; such a message would be stored as failed, not sent."
+    )
+    send_after: datetime | None = Field(
+        description="Not before when (null: at once), from the rule's delay and send window."
+    )
+
+
+class DryRunRecipientOut(Schema):
+    external_id: str
+    name: str
+    saved: bool = Field(
+        description="False for an inline profile of a subscriber who does not exist yet."
+    )
+    messages: list[RenderedMessageOut]
+    digest_key: str | None = Field(
+        description="For a digest rule: the batch the event would join instead of a message "
+        "(rendered when the batch's window closes)."
+    )
+
+
+class DryRunSkipOut(Schema):
+    subscriber: str = Field(description='The external id, or "*" when it concerns everyone.')
+    channel: str | None
+    reason: str
+
+
+class DryRunCountsOut(Schema):
+    recipients: int = Field(
+        description="Subscribers who would get a message, or whose digest would get the event."
+    )
+    messages: int = Field(description="Messages that would be made, failed renders included.")
+    render_errors: int
+    digested: int = Field(description="Recipients whose digest batch would get the event.")
+    skipped: int
+
+
+class RuleTestOut(Schema):
+    rule_id: int
+    rule_version: int = Field(description="The rule's current version, the one that ran.")
+    enabled: bool = Field(description="A disabled rule runs here all the same; events skip it.")
+    event_type: str
+    critical: bool = Field(description="Critical event types ignore opt-outs.")
+    source: str = Field(description="payload, sample (the event type's) or event (a stored one).")
+    event_id: UUID | None
+    matched: bool
+    error: str | None = Field(
+        description="The condition's or broadcast filter's evaluation error, prefixed with which."
+    )
+    recipients: list[DryRunRecipientOut]
+    skipped: list[DryRunSkipOut]
+    counts: DryRunCountsOut
+    truncated: bool = Field(description="More recipients or skips than `limit`.")
+
+
+@router.post(
+    "/{rule_id}/test",
+    response={200: RuleTestOut, 404: ProblemOut, 422: ValidationProblemOut},
+    summary="Dry-run a rule",
+)
+def rules_test(request: HttpRequest, rule_id: int, body: RuleTestIn) -> Any:
+    """Run the rule (its current version, even when disabled) against a payload,
+    the event type's sample payload or a stored event, and return what it would
+    do: whether it matches, each recipient's rendered message per channel, and
+    who is skipped and why. Nothing is sent or stored, inline profiles included."""
+    require_config_write(request)
+    rule = _rule_or_404(rule_id)
+    try:
+        result = rule_dry_run(
+            rule=rule,
+            payload=body.payload,
+            event_id=body.event_id,
+            to=None
+            if body.to is None
+            else [r if isinstance(r, str) else r.model_dump(exclude_none=True) for r in body.to],
+            topic=body.topic,
+            actor=body.actor
+            if body.actor is None or isinstance(body.actor, str)
+            else body.actor.model_dump(exclude_none=True),
+            limit=body.limit,
+        )
+    except InvalidInput as invalid:
+        return validation_problem(invalid.errors)
+    except DryRunNotFound as missing:
+        raise Http404(str(missing)) from None
+    return asdict(result)

@@ -19,7 +19,11 @@ evaluated once per event, not once per recipient.
 Timing options: ``delay_seconds`` and ``send_window`` set the message's
 ``send_after`` (the delivery sweeper waits for it; critical event types ignore
 the window), and ``throttle`` drops recipients who already got ``limit``
-messages from the rule within the window (recorded as throttled).
+messages from the rule within the window (recorded as throttled). With
+``digest``, recipients who pass every check get no message now: the event joins
+their open digest batch (rules_engine.services.digests, one statement for all
+of them), and the digest sweeper sends one message per batch when its window
+closes.
 """
 
 import uuid
@@ -42,6 +46,7 @@ from rules_engine.event_types import event_types_current
 from rules_engine.models import Event, EventStatus, RuleVersion, TemplateVersion
 from rules_engine.recipients import (
     Recipient,
+    Resolved,
     Skipped,
     recipients_resolve,
     subscriber_variables,
@@ -50,6 +55,7 @@ from rules_engine.recipients import (
 from rules_engine.selectors.preferences import PreferenceResolver
 from rules_engine.selectors.rules import rules_for_event_type
 from rules_engine.selectors.templates import template_versions_current
+from rules_engine.services.digests import DigestEntry, DigestKeyError, DigestKeys, digests_collect
 from rules_engine.templating import RenderContext, TemplateError, render_fields, render_text
 from rules_engine.timing import message_send_after
 from tenants.db import tenant_connection
@@ -88,12 +94,22 @@ def _variant(version: TemplateVersion, locale: str) -> tuple[str, dict[str, str]
 
 
 def render_message(
-    *, version: TemplateVersion, channel: str, context: RenderContext
+    *,
+    version: TemplateVersion,
+    channel: str,
+    context: RenderContext,
+    variables: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict[str, str]]:
-    """The locale used and the rendered fields (TemplateError when a field fails)."""
+    """The locale used and the rendered fields (TemplateError when a field fails).
+    ``variables`` are extra top-level names for the template (a digest's ``digest``)."""
     locale, fields = _variant(version, context.locale)
     rendered = render_fields(
-        channel, fields, context, strict=version.strict, cache_key=(version.pk, locale)
+        channel,
+        fields,
+        context,
+        strict=version.strict,
+        cache_key=(version.pk, locale),
+        variables=variables,
     )
     layout = version.layout
     if channel == Channel.EMAIL and layout is not None:
@@ -126,6 +142,7 @@ class RuleStory:
     recipients: int = 0
     messages: int = 0
     failed_renders: int = 0
+    digested: int = 0  # recipients whose digest batch got the event instead of a message
     skipped: list[Skipped] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -139,6 +156,7 @@ class RuleStory:
             "recipients": self.recipients,
             "messages": self.messages,
             "failed_renders": self.failed_renders,
+            "digested": self.digested,
             "skipped": [entry.as_dict() for entry in self.skipped[:SKIPPED_KEPT]],
             "skipped_total": len(self.skipped),
             "skipped_reasons": dict(reasons),
@@ -151,6 +169,7 @@ class Plan:
 
     rules: list[RuleStory] = field(default_factory=list)
     messages: list[NewMessage] = field(default_factory=list)
+    digest_entries: list[DigestEntry] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
 
@@ -191,6 +210,28 @@ def _throttled_counts(
     return dict(rows)
 
 
+def _as_if_saved(
+    resolved: Resolved, *, event_to: Sequence[Any], rows: Mapping[str, Recipient]
+) -> Resolved:
+    """``resolved`` as if the inline profiles ``rows`` had been saved: each takes
+    its stored subscriber's place, or the "no such subscriber" it would have been,
+    in the event's order; the topic's members follow."""
+    stored = {recipient["external_id"]: recipient for recipient in resolved.recipients}
+    recipients: list[Recipient] = []
+    placed: set[str] = set()
+    for entry in event_to:
+        external_id = entry if isinstance(entry, str) else str(entry.get("id"))
+        row = rows.get(external_id) or stored.get(external_id)
+        if row is not None and external_id not in placed:
+            placed.add(external_id)
+            recipients.append(row)
+    recipients.extend(r for r in resolved.recipients if r["external_id"] not in placed)
+    return Resolved(
+        recipients=recipients,
+        skipped=[entry for entry in resolved.skipped if entry.subscriber not in rows],
+    )
+
+
 def event_plan(
     *,
     event: Event,
@@ -199,8 +240,14 @@ def event_plan(
     category: str,
     critical: bool,
     upsert_inline: bool = True,
+    inline_recipients: Mapping[str, Recipient] | None = None,
 ) -> Plan:
-    """Decide everything for ``event`` without writing messages (the dry run's core)."""
+    """Decide everything for ``event`` without writing messages (the dry run's core).
+
+    ``inline_recipients`` (with ``upsert_inline=False``) are recipient rows by
+    external id that stand in for the event's inline profiles as if they had
+    been saved, so a dry run shows a profile as given without writing it.
+    """
     plan = Plan()
     event_vars = _event_variables(event)
     base = {"event": event_vars, "tenant": _tenant_variables()}
@@ -212,6 +259,9 @@ def event_plan(
     if upsert_inline and inline and any(v.recipients.get("kind") == "event" for _, v in rules):
         plan.skipped.extend(upsert_inline_profiles(inline))
     event_activation = build_activation({**base, "subscriber": {}})
+    digest_keys = DigestKeys(
+        event_type_key=event.event_type_key, variables=base, activation=event_activation
+    )
     resolved_cache: dict[str, tuple[Any, list[str]]] = {}
 
     for rule, version in rules:
@@ -237,13 +287,16 @@ def event_plan(
             if selector.get("kind") == "broadcast":
                 source = selector.get("filter") or ""
                 filter_program = program_for(("broadcast", source), source)
-            resolved_cache[key] = recipients_resolve(
+            resolved, filter_errors = recipients_resolve(
                 selector=selector,
                 event_to=event.recipients,
                 event_topic=event.topic,
                 filter_program=filter_program,
                 variables=base,
             )
+            if inline_recipients and selector.get("kind") == "event":
+                resolved = _as_if_saved(resolved, event_to=event.recipients, rows=inline_recipients)
+            resolved_cache[key] = (resolved, filter_errors)
         resolved, filter_errors = resolved_cache[key]
         story.skipped.extend(
             Skipped(subscriber=s.subscriber, reason=s.reason, rule_id=rule.pk)
@@ -297,6 +350,7 @@ def event_plan(
                 timezone=recipient["timezone"],
                 critical=critical,
             )
+            digestible = False
             for action in version.actions:
                 channel = action["channel"]
                 allowed, why = preferences.allows(subscriber_id=recipient["id"], channel=channel)
@@ -332,6 +386,9 @@ def event_plan(
                         )
                     )
                     continue
+                if version.digest:
+                    digestible = True  # rendered when the batch is sent, for all its events
+                    continue
                 message = NewMessage(
                     id=uuid.uuid4(),
                     event_id=event.id,
@@ -355,6 +412,28 @@ def event_plan(
                     message = replace(message, content=content, locale=locale)
                 plan.messages.append(message)
                 story.messages += 1
+            if digestible and version.digest:
+                try:
+                    digest_key = digest_keys.key(version=version, subscriber=subscriber)
+                except DigestKeyError as error:
+                    story.skipped.append(
+                        Skipped(
+                            subscriber=recipient["external_id"],
+                            reason=f"digest key: {error.message}",
+                            rule_id=rule.pk,
+                        )
+                    )
+                else:
+                    plan.digest_entries.append(
+                        DigestEntry(
+                            rule_id=rule.pk,
+                            rule_version_id=version.pk,
+                            subscriber_id=recipient["id"],
+                            key=digest_key,
+                            window_seconds=int(version.digest["window_seconds"]),
+                        )
+                    )
+                    story.digested += 1
         story.matched = matched_any
     return plan
 
@@ -386,6 +465,7 @@ def event_process(*, event_id: uuid.UUID) -> Event | None:
                 critical=info.is_critical,
             )
             messages_copy(messages=plan.messages, now=now)
+            digests_collect(entries=plan.digest_entries, event_id=event.id, now=now)
             matched = [story.rule_id for story in plan.rules if story.matched]
             event.status = EventStatus.PROCESSED if matched else EventStatus.NO_MATCH
             event.outcome = {
@@ -393,6 +473,7 @@ def event_process(*, event_id: uuid.UUID) -> Event | None:
                 "known_event_type": True,
                 "rules": [story.as_dict() for story in plan.rules],
                 "messages": len(plan.messages),
+                "digested": len(plan.digest_entries),
                 "skipped": [entry.as_dict() for entry in plan.skipped[:SKIPPED_KEPT]],
             }
             if not matched:
