@@ -26,10 +26,12 @@ of them), and the digest sweeper sends one message per batch when its window
 closes.
 """
 
+import gc
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,7 +41,7 @@ from django.utils import timezone
 from markupsafe import Markup
 
 from channels_delivery.catalogue import Channel
-from channels_delivery.models import Message
+from channels_delivery.models import Message, MessageStatus
 from channels_delivery.services.messages import NewMessage, messages_copy
 from rules_engine.cel import CelError, CelProgram, build_activation, program_for
 from rules_engine.event_types import event_types_current
@@ -389,17 +391,8 @@ def event_plan(
                 if version.digest:
                     digestible = True  # rendered when the batch is sent, for all its events
                     continue
-                message = NewMessage(
-                    id=uuid.uuid4(),
-                    event_id=event.id,
-                    subscriber_id=recipient["id"],
-                    channel=channel,
-                    content={},
-                    rule_version_id=version.pk,
-                    template_version_id=template.pk,
-                    locale="",
-                    send_after=send_after,
-                )
+                status, error_text, locale = MessageStatus.QUEUED, "", ""
+                content: dict[str, str] = {}
                 try:
                     locale, content = render_message(
                         version=template, channel=channel, context=context
@@ -407,9 +400,20 @@ def event_plan(
                 except TemplateError as error:
                     where = f"{error.field}: " if error.field else ""
                     story.failed_renders += 1
-                    message = replace(message, status="failed", error=f"{where}{error.message}")
-                else:
-                    message = replace(message, content=content, locale=locale)
+                    status, error_text = MessageStatus.FAILED, f"{where}{error.message}"
+                message = NewMessage(
+                    id=uuid.uuid4(),
+                    event_id=event.id,
+                    subscriber_id=recipient["id"],
+                    channel=channel,
+                    content=content,
+                    rule_version_id=version.pk,
+                    template_version_id=template.pk,
+                    locale=locale,
+                    send_after=send_after,
+                    status=status,
+                    error=error_text,
+                )
                 plan.messages.append(message)
                 story.messages += 1
             if digestible and version.digest:
@@ -438,6 +442,24 @@ def event_plan(
     return plan
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a fan-out builds its messages.
+
+    A fan-out keeps some 100,000 live objects; each full collection walks them
+    all (up to 200 ms measured), and a render that the pause lands in would be
+    charged for it against its wall-clock deadline, failing a message for no
+    fault of its template. The loop makes no reference cycles worth chasing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def event_process(*, event_id: uuid.UUID) -> Event | None:
     """Move a pending event through the pipeline; a no-op if it already went."""
     with transaction.atomic():
@@ -457,13 +479,14 @@ def event_process(*, event_id: uuid.UUID) -> Event | None:
                 else f"no event type {event.event_type_key!r} is declared, so no rule matches",
             }
         else:
-            plan = event_plan(
-                event=event,
-                rules=rules,
-                now=now,
-                category=info.category,
-                critical=info.is_critical,
-            )
+            with _collector_paused():
+                plan = event_plan(
+                    event=event,
+                    rules=rules,
+                    now=now,
+                    category=info.category,
+                    critical=info.is_critical,
+                )
             messages_copy(messages=plan.messages, now=now)
             digests_collect(entries=plan.digest_entries, event_id=event.id, now=now)
             matched = [story.rule_id for story in plan.rules if story.matched]

@@ -434,3 +434,29 @@ def test_message_send_after_is_none_when_due_now() -> None:
     assert message_send_after(
         now=now, delay_seconds=60, window=None, timezone="", critical=False
     ) == now + timedelta(seconds=60)
+
+
+def test_the_garbage_collector_is_paused_while_messages_are_planned(
+    schema: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full collection during a large fan-out would be charged to whichever
+    render it interrupts (the render deadline is wall-clock time)."""
+    import gc
+
+    from rules_engine.services import pipeline
+
+    seen: list[bool] = []
+    real_plan = pipeline.event_plan
+
+    def watching(**kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real_plan(**kwargs)
+
+    monkeypatch.setattr(pipeline, "event_plan", watching)
+    person("ann", email="ann@example.com")
+    email_template()
+    rule()
+    assert gc.isenabled()
+    send(recipients=["ann"])
+    assert seen == [False]
+    assert gc.isenabled()
