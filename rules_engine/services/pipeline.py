@@ -27,6 +27,7 @@ closes.
 """
 
 import gc
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count
 from django.utils import timezone
 from markupsafe import Markup
@@ -61,6 +62,8 @@ from rules_engine.services.digests import DigestEntry, DigestKeyError, DigestKey
 from rules_engine.templating import RenderContext, TemplateError, render_fields, render_text
 from rules_engine.timing import message_send_after
 from tenants.db import tenant_connection
+
+logger = logging.getLogger(__name__)
 
 # Normally queued (the publisher or sweeper handed it over); accepted when called directly.
 PENDING = frozenset({EventStatus.ACCEPTED, EventStatus.QUEUED})
@@ -461,7 +464,29 @@ def _collector_paused() -> Iterator[None]:
 
 
 def event_process(*, event_id: uuid.UUID) -> Event | None:
-    """Move a pending event through the pipeline; a no-op if it already went."""
+    """Move a pending event through the pipeline; a no-op if it already went.
+
+    A database error propagates (the task retries it: it is usually
+    transient). Any other error is a bug or data the pipeline can not handle:
+    nothing of the attempt is kept, the event is marked failed with the error
+    in its outcome, and the error is logged (and reported to Sentry), so that
+    one event can neither stop the others of its task nor come back forever.
+    """
+    try:
+        return _event_process(event_id)
+    except DatabaseError:
+        raise
+    except Exception as error:
+        logger.exception("processing event %s failed", event_id)
+        Event.objects.filter(pk=event_id, status__in=PENDING).update(
+            status=EventStatus.FAILED,
+            outcome={"error": f"{type(error).__name__}: {error}"[:2000]},
+            processed_at=timezone.now(),
+        )
+        return Event.objects.filter(pk=event_id).first()
+
+
+def _event_process(event_id: uuid.UUID) -> Event | None:
     with transaction.atomic():
         event = Event.objects.select_for_update(skip_locked=True).filter(pk=event_id).first()
         if event is None or event.status not in PENDING:

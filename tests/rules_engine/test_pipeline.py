@@ -460,3 +460,35 @@ def test_the_garbage_collector_is_paused_while_messages_are_planned(
     send(recipients=["ann"])
     assert seen == [False]
     assert gc.isenabled()
+
+
+def test_an_unexpected_error_fails_the_event_and_keeps_nothing_of_it(
+    schema: Tenant, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rules_engine.services import pipeline
+
+    person("ann", email="ann@example.com")
+    person("bob", email="bob@example.com")
+    email_template()
+    rule()
+    calls = []
+
+    def breaks_on_the_second(**kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        return real(**kwargs)
+
+    real = pipeline.render_message
+    monkeypatch.setattr(pipeline, "render_message", breaks_on_the_second)
+    event = send(recipients=["ann", "bob"])
+    assert event.status == EventStatus.FAILED
+    assert event.outcome == {"error": "RuntimeError: a bug"}
+    assert messages_of(event) == []
+    assert "processing event" in caplog.text
+    # Done: processing it again does nothing.
+    monkeypatch.setattr(pipeline, "render_message", real)
+    again = event_process(event_id=event.id)
+    assert again is not None
+    assert again.status == EventStatus.FAILED
+    assert messages_of(event) == []
