@@ -6,20 +6,16 @@ travels with the task, a task without a tenant fails, redelivery is capped.
 """
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from celery import Celery
 from django.conf import settings
-from django.db import connection
 from django_tenants.utils import tenant_context
 
 from herald.celery import app
@@ -27,6 +23,7 @@ from herald.tasks import TenantMissing, redis_client
 from tenants.db import tenant_connection
 from tenants.models import Tenant
 from tests.celery_probe import count_runs, record_schema
+from tests.workers import celery_worker, routing_reset
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT = 60.0
@@ -34,67 +31,24 @@ RESULT_TIMEOUT = 20.0
 MAX_DELIVERIES = 2
 
 
-def routing_reset() -> None:
-    """Make the app route by its current task_routes: Celery builds its router once
-    and caches it, so a changed setting alone would not reach tasks sent later."""
-    app.amqp.flush_routes()
-    app.amqp.__dict__.pop("router", None)
-
-
-def database_url() -> str:
-    db = connection.settings_dict
-    host = quote(db["HOST"] or "127.0.0.1", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    password = f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
-    return f"postgres://{quote(db['USER'], safe='')}{password}@{host}{port}/{db['NAME']}"
-
-
 @pytest.fixture(scope="module")
 def worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[subprocess.Popen[str]]:
     queue = f"herald-test-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "HERALD_TASK_MAX_DELIVERIES": str(MAX_DELIVERIES),
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "herald.celery:app", "worker",
-            "--include", "tests.celery_probe", "-Q", queue, "--concurrency", "1",
-            "--without-mingle", "--without-gossip", "--loglevel", "INFO",
-        ],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    deadline = time.monotonic() + WORKER_START_TIMEOUT
-    output: list[str] = []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        output.append(line)
-        if " ready." in line:
-            break
-        if process.poll() is not None:
-            pytest.fail("worker exited:\n" + "".join(output))
-    else:
-        process.kill()
-        pytest.fail("worker did not start in time:\n" + "".join(output))
-    app.conf.task_default_queue = queue
-    app.conf.task_routes = {"tests.*": {"queue": queue}}
-    routing_reset()
-    try:
-        yield process
-    finally:
-        app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
-        app.conf.task_routes = settings.CELERY_TASK_ROUTES
+    with celery_worker(
+        queues=queue,
+        include=["tests.celery_probe"],
+        env={"HERALD_TASK_MAX_DELIVERIES": str(MAX_DELIVERIES)},
+    ) as process:
+        app.conf.task_default_queue = queue
+        app.conf.task_routes = {"tests.*": {"queue": queue}}
         routing_reset()
-        process.terminate()
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        redis_client().delete(queue)
+            yield process
+        finally:
+            app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+            app.conf.task_routes = settings.CELERY_TASK_ROUTES
+            routing_reset()
+            redis_client().delete(queue)
 
 
 def wait_for_key(key: str, timeout: float = RESULT_TIMEOUT) -> Any:

@@ -47,6 +47,7 @@ from rules_engine.services.topics import topic_create, topic_subscribers_add
 from rules_engine.tasks import digests_flush_all
 from tenants.db import tenant_connection
 from tenants.models import Tenant
+from tests.threads import in_own_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -552,27 +553,6 @@ def test_sending_costs_the_same_queries_for_few_and_many_batches(schema: Tenant)
 # --- two sweepers at once, on committed rows ---------------------------------------------
 
 
-def _in_own_connection(work: Callable[[], Any]) -> Any:
-    """Run ``work`` in a thread with its own, autocommitting database connection."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(work())
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    return result[0] if result else None
-
-
 RACERS = [f"racer-{n}" for n in range(20)]
 
 
@@ -614,11 +594,11 @@ def committed_batches(tenant_a: Tenant) -> Iterator[datetime]:
             Subscriber.objects.filter(external_id__in=RACERS).delete()
             event_types_forget(schema_name=tenant_a.schema_name)
 
-    closes_at = _in_own_connection(make)
+    closes_at = in_own_connection(make)
     try:
         yield closes_at
     finally:
-        _in_own_connection(clean)
+        in_own_connection(clean)
 
 
 def test_two_sweepers_at_once_send_each_batch_once(
@@ -661,7 +641,7 @@ def test_two_sweepers_at_once_send_each_batch_once(
             recipients = messages.values("subscriber").distinct().count()
             return later.claimed, sent, messages.count(), recipients
 
-    assert _in_own_connection(outcome) == (0, 20, 20, 20)
+    assert in_own_connection(outcome) == (0, 20, 20, 20)
 
 
 def _in_tenant(tenant: Tenant, work: Callable[[], Any]) -> Any:
@@ -696,7 +676,7 @@ def test_a_batch_a_collecting_pipeline_holds_is_skipped_not_waited_for(
     thread.start()
     try:
         assert holding.wait(20)
-        report = _in_own_connection(
+        report = in_own_connection(
             lambda: _in_tenant(tenant_a, lambda: digests_flush_due(now=committed_batches))
         )
         assert (report.claimed, report.sent) == (19, 19)
@@ -704,7 +684,7 @@ def test_a_batch_a_collecting_pipeline_holds_is_skipped_not_waited_for(
         release.set()
         thread.join(30)
     assert not errors, errors
-    report = _in_own_connection(
+    report = in_own_connection(
         lambda: _in_tenant(tenant_a, lambda: digests_flush_due(now=committed_batches))
     )
     assert (report.claimed, report.sent, report.messages) == (1, 1, 1)

@@ -3,17 +3,14 @@
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.test import Client
 from django_tenants.utils import tenant_context
 
@@ -21,7 +18,8 @@ from rules_engine.models import Event, EventStatus
 from rules_engine.services.dispatch import PUBLISH_CHUNK, PipelinePublisher
 from tenants.models import ApiKey, Tenant
 from tests.factories import api_key_issue
-from tests.herald.test_celery import database_url, routing_reset
+from tests.threads import in_own_connection
+from tests.workers import celery_worker, routing_reset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,64 +140,8 @@ def test_a_forked_process_gets_its_own_publisher_thread(settings: Any) -> None:
 @pytest.fixture(scope="module")
 def pipeline_worker(django_db_setup: None) -> Iterator[subprocess.Popen[str]]:
     routing_reset()  # rules_engine.* to the pipeline queue, as configured
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "herald.celery:app", "worker",
-            "-Q", "pipeline", "--concurrency", "1", "--without-mingle", "--without-gossip",
-            "--loglevel", "INFO",
-        ],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    output: list[str] = []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        output.append(line)
-        if " ready." in line:
-            break
-        if process.poll() is not None:
-            pytest.fail("worker exited:\n" + "".join(output))
-    else:
-        process.kill()
-        pytest.fail("worker did not start in time:\n" + "".join(output))
-    # Keep reading its output so the pipe never fills up and blocks it.
-    threading.Thread(target=lambda: [None for _ in process.stdout or ()], daemon=True).start()
-    try:
+    with celery_worker(queues="pipeline") as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _in_own_connection(work: Callable[[], Any]) -> Any:
-    """Run ``work`` in a thread with its own connection, outside the test's transaction."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(work())
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    return result[0] if result else None
 
 
 def test_committed_events_reach_the_pipeline_through_the_publisher_thread(
@@ -243,14 +185,14 @@ def test_committed_events_reach_the_pipeline_through_the_publisher_thread(
         ApiKey.objects.filter(tenant=tenant_a, revoked_at=None).delete()
 
     try:
-        ids = _in_own_connection(send)
+        ids = in_own_connection(send)
         assert len(ids) == 10
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            seen = _in_own_connection(statuses)
+            seen = in_own_connection(statuses)
             if set(seen.values()) == {EventStatus.NO_MATCH}:
                 break
             time.sleep(0.2)
         assert seen == dict.fromkeys(ids, EventStatus.NO_MATCH)
     finally:
-        _in_own_connection(clean)
+        in_own_connection(clean)

@@ -18,6 +18,7 @@ from tenants.authentication import api_key_cache
 from tenants.models import ApiKey, Tenant
 from tests.conftest import ApiClient
 from tests.factories import api_key_issue
+from tests.threads import in_own_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -284,31 +285,10 @@ def test_invalid_idempotency_header_is_422(api_a: ApiClient) -> None:
     )
 
 
-def _in_own_connection(work: Callable[[], Any]) -> Any:
-    """Run ``work`` in a thread with its own, autocommitting database connection."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(work())
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    return result[0] if result else None
-
-
 def test_concurrent_duplicates_create_one_event(tenant_a: Tenant) -> None:
     """Eight requests at once with one key, each in its own connection, committed."""
     key_name = f"race-{uuid.uuid4().hex[:8]}"
-    token = _in_own_connection(lambda: api_key_issue(tenant=tenant_a, scopes=["admin"]).token)
+    token = in_own_connection(lambda: api_key_issue(tenant=tenant_a, scopes=["admin"]).token)
     barrier = threading.Barrier(8)
     responses: list[Any] = []
     lock = threading.Lock()
@@ -341,7 +321,7 @@ def test_concurrent_duplicates_create_one_event(tenant_a: Tenant) -> None:
         ApiKey.objects.filter(tenant=tenant_a, revoked_at=None).delete()
         return count
 
-    count = _in_own_connection(count_and_clean)
+    count = in_own_connection(count_and_clean)
     assert [r.status_code for r in responses] == [202] * 8
     assert len({r.json()["id"] for r in responses}) == 1
     assert sum(1 for r in responses if r.get("Idempotent-Replayed") == "true") == 7

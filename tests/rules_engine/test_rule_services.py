@@ -43,6 +43,7 @@ from rules_engine.services.templates import (
 )
 from rules_engine.templating import TemplateSyntaxProblem, validate_template
 from tenants.models import Tenant
+from tests.threads import in_own_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -641,27 +642,6 @@ def test_layout_syntax_errors_are_the_compilers(in_tenant_a: Tenant) -> None:
 # --- two edits at once -------------------------------------------------------------
 
 
-def _in_own_connection(work: Callable[[], Any]) -> Any:
-    """Run ``work`` in a thread with its own, autocommitting database connection."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(work())
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    return result[0] if result else None
-
-
 @pytest.fixture
 def committed_rule(tenant_a: Tenant) -> Iterator[int]:
     """A rule committed in tenant alpha (other connections see it), removed afterwards."""
@@ -685,11 +665,11 @@ def committed_rule(tenant_a: Tenant) -> Iterator[int]:
             EventType.objects.filter(key="race.type").delete()
             Template.objects.filter(key="race-sms").delete()
 
-    rule_id = _in_own_connection(make)
+    rule_id = in_own_connection(make)
     try:
         yield rule_id
     finally:
-        _in_own_connection(clean)
+        in_own_connection(clean)
 
 
 def _waiting_for_a_lock() -> bool:
@@ -740,7 +720,7 @@ def test_two_concurrent_edits_get_consecutive_versions(
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 20
-    while not _in_own_connection(_waiting_for_a_lock) and time.monotonic() < deadline:
+    while not in_own_connection(_waiting_for_a_lock) and time.monotonic() < deadline:
         time.sleep(0.05)
     release_first.set()
     for thread in threads:
@@ -755,7 +735,7 @@ def test_two_concurrent_edits_get_consecutive_versions(
                 .values_list("version", "condition", "created_by")
             )
 
-    assert _in_own_connection(versions) == [
+    assert in_own_connection(versions) == [
         (1, "", "api:hk_test_abcdefgh"),
         (2, "event.payload.n == 1", "first"),
         (3, "event.payload.n == 2", "second"),

@@ -1,0 +1,30 @@
+"""Running test code outside the test's transaction, as another client would."""
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connection
+
+
+def in_own_connection(work: Callable[[], Any], *, timeout: float = 60.0) -> Any:
+    """Run ``work`` in a thread with its own, autocommitting database connection,
+    so what it writes is committed (and visible to other connections and
+    processes); returns its result and re-raises its exception."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout)
+    if errors:
+        raise errors[0]
+    return result[0] if result else None
