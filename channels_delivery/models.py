@@ -100,3 +100,38 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.outcome} {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Integration(models.Model):
+    """A tenant's account with one provider on one channel.
+
+    ``config`` holds only the fields a tenant admin may see again; the
+    provider's ``secret_fields`` live in ``secrets``, a Fernet token of a JSON
+    object (channels_delivery.crypto). It is not editable so that no model form,
+    admin page included, ever renders or accepts it: services write it.
+    """
+
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    provider = models.CharField(max_length=50)
+    name = models.CharField(max_length=100)
+    config = models.JSONField(default=dict, blank=True)
+    secrets = models.TextField(blank=True, editable=False)
+    # Lower goes first: the primary, then the fallbacks of the same channel.
+    priority = models.IntegerField(default=0)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["channel", "priority", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "name"], name="integration_channel_name_uniq"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["channel", "priority"], name="integration_channel_prio_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.channel}/{self.provider})"

@@ -41,6 +41,7 @@ def refuse_unsafe_settings(
     allowed_hosts: Sequence[str],
     encryption_keys: Sequence[str],
     api_key_cache_seconds: float,
+    allow_loopback_urls: bool = False,
 ) -> None:
     problems: list[str] = []
     if api_key_cache_seconds < 0 or api_key_cache_seconds > MAX_API_KEY_CACHE_SECONDS:
@@ -77,6 +78,11 @@ def refuse_unsafe_settings(
             )
         elif DEV_ENCRYPTION_KEY in encryption_keys:
             problems.append("HERALD_ENCRYPTION_KEYS contains the public development key")
+        if allow_loopback_urls:
+            problems.append(
+                "HERALD_ALLOW_LOOPBACK_URLS is on; tenant-supplied URLs could reach this "
+                "machine's own services (it is for local development sinks only)"
+            )
 
     if problems:
         raise UnsafeSettings(problems)

@@ -47,6 +47,14 @@ HERALD_API_KEY_CACHE_SECONDS: float = env.float("HERALD_API_KEY_CACHE_SECONDS", 
 # last_used_at is written at most this often per key.
 HERALD_API_KEY_TOUCH_SECONDS: float = env.float("HERALD_API_KEY_TOUCH_SECONDS", default=60.0)
 
+# Tenant-supplied URLs (webhooks, chat, SMS gateways) may reach loopback only
+# for local development sinks; production refuses to start with it on.
+HERALD_ALLOW_LOOPBACK_URLS: bool = env.bool("HERALD_ALLOW_LOOPBACK_URLS", default=False)
+# How much of a response to a tenant-supplied URL is read before it is cut.
+HERALD_OUTBOUND_MAX_RESPONSE_BYTES: int = env.int(
+    "HERALD_OUTBOUND_MAX_RESPONSE_BYTES", default=64 * 1024
+)
+
 safety.refuse_unsafe_settings(
     herald_env=HERALD_ENV,
     debug=DEBUG,
@@ -54,6 +62,7 @@ safety.refuse_unsafe_settings(
     allowed_hosts=ALLOWED_HOSTS,
     encryption_keys=HERALD_ENCRYPTION_KEYS,
     api_key_cache_seconds=HERALD_API_KEY_CACHE_SECONDS,
+    allow_loopback_urls=HERALD_ALLOW_LOOPBACK_URLS,
 )
 
 # --- Applications ------------------------------------------------------------

@@ -48,6 +48,7 @@ def test_safe_production_settings_start() -> None:
         ({"HERALD_ENCRYPTION_KEYS": DEV_ENCRYPTION_KEY}, "public development key"),
         ({"HERALD_API_KEY_CACHE_SECONDS": "30"}, "HERALD_API_KEY_CACHE_SECONDS"),
         ({"HERALD_ENV": "prod"}, "HERALD_ENV must be one of"),
+        ({"HERALD_ALLOW_LOOPBACK_URLS": "true"}, "HERALD_ALLOW_LOOPBACK_URLS is on"),
     ],
 )
 def test_unsafe_production_settings_refuse_to_start(
@@ -82,3 +83,16 @@ def test_development_defaults_are_accepted() -> None:
         encryption_keys=[DEV_ENCRYPTION_KEY],
         api_key_cache_seconds=3,
     )
+
+
+def test_loopback_urls_are_allowed_outside_production() -> None:
+    for herald_env in ("development", "test"):
+        refuse_unsafe_settings(
+            herald_env=herald_env,
+            debug=True,
+            secret_key=DEV_SECRET_KEY,
+            allowed_hosts=[],
+            encryption_keys=[DEV_ENCRYPTION_KEY],
+            api_key_cache_seconds=3,
+            allow_loopback_urls=True,
+        )
