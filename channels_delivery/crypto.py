@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
+from django.db.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -74,26 +75,42 @@ class RotationCounts:
     unreadable: int  # no configured key decrypts them: left as they were
 
 
-def secrets_rotate() -> RotationCounts:
-    """Re-encrypt every integration's secrets in the current schema with the first
-    key. Rows are locked while rewritten, so a concurrent update is not lost."""
-    from channels_delivery.models import Integration
+def _encrypted_fields() -> list[tuple[type[Model], str]]:
+    """Every column that holds a token of this module: key rotation rewrites them all."""
+    from channels_delivery.models import InboxSettings, Integration, WebhookEndpoint
 
+    return [
+        (Integration, "secrets"),
+        (WebhookEndpoint, "secrets"),
+        (InboxSettings, "secret"),
+    ]
+
+
+def secrets_rotate() -> RotationCounts:
+    """Re-encrypt every stored secret in the current schema (integrations, webhook
+    endpoints, the inbox secret) with the first key. Rows are locked while
+    rewritten, so a concurrent update is not lost."""
     fernet = _fernet()
     rotated = unreadable = 0
     with transaction.atomic():
-        for integration in (
-            Integration.objects.select_for_update().exclude(secrets="").only("pk", "secrets")
-        ):
-            try:
-                new_token = fernet.rotate(integration.secrets.encode()).decode()
-            except InvalidToken:
-                unreadable += 1
-                logger.warning(
-                    "integration %s: secrets not readable with any configured key",
-                    integration.pk,
-                )
-                continue
-            Integration.objects.filter(pk=integration.pk).update(secrets=new_token)
-            rotated += 1
+        for model, column in _encrypted_fields():
+            rows = (
+                model._default_manager.select_for_update()
+                .exclude(**{column: ""})
+                .only("pk", column)
+            )
+            for row in rows:
+                try:
+                    new_token = fernet.rotate(getattr(row, column).encode()).decode()
+                except InvalidToken:
+                    unreadable += 1
+                    logger.warning(
+                        "%s %s: %s not readable with any configured key",
+                        model._meta.label,
+                        row.pk,
+                        column,
+                    )
+                    continue
+                model._default_manager.filter(pk=row.pk).update(**{column: new_token})
+                rotated += 1
     return RotationCounts(rotated=rotated, unreadable=unreadable)

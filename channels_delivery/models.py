@@ -3,6 +3,7 @@ attempt to deliver it (append-only)."""
 
 import uuid
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -62,6 +63,31 @@ class Message(models.Model):
     # Not before this time: a rule's delay, or the opening of the subscriber's
     # send window. NULL: as soon as possible. The delivery sweeper waits for it.
     send_after = models.DateTimeField(null=True, blank=True)
+    # Delivery (channels_delivery.services.delivery): how many attempts were made,
+    # when the next may start (a retry waits here, not in the broker), the
+    # integration used last (after a failover: the one to use next), and when the
+    # message reached each outcome.
+    # (``attempts`` is the reverse relation to the DeliveryAttempt rows.)
+    # db_default too: the pipeline writes messages with COPY, which knows no Django default.
+    attempt_count = models.PositiveIntegerField(default=0, db_default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    integration = models.ForeignKey(
+        "channels_delivery.Integration",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    # Why the message failed or is waiting to be retried, for the tenant's timeline.
+    error = models.CharField(max_length=500, blank=True, default="", db_default="")
+    # In-app inbox state, set by the subscriber through /api/v1/inbox (only
+    # in_app messages have it): shown in the feed, opened, put away.
+    seen_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -70,6 +96,11 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["subscriber", "-created_at"], name="message_subscriber_idx"),
             models.Index(fields=["status", "-created_at"], name="message_status_idx"),
+            # The inbox feed: one subscriber's in_app messages, archived or not, newest first.
+            models.Index(
+                fields=["subscriber", "channel", "archived_at", "-created_at"],
+                name="message_inbox_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -85,6 +116,15 @@ class AttemptOutcome(models.TextChoices):
 
 class DeliveryAttempt(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attempts")
+    # The integration tried: two integrations may use the same provider, and
+    # failover counts the retryable failures of each.
+    integration = models.ForeignKey(
+        "channels_delivery.Integration",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="attempts",
+    )
     provider = models.CharField(max_length=50)
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -135,3 +175,70 @@ class Integration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.channel}/{self.provider})"
+
+
+class WebhookEndpoint(models.Model):
+    """A tenant's URL that receives events, signed the Standard Webhooks way.
+
+    ``secrets`` is a Fernet token (channels_delivery.crypto) of the current
+    ``whsec_`` secret and, during a rotation, the previous one with its expiry;
+    services write it, so it is not editable and no form renders it. The URL is
+    checked against the SSRF guard when saved through a form (``clean``) or a
+    service, and again on every connection.
+    """
+
+    url = models.URLField(max_length=2048)
+    description = models.CharField(max_length=200, blank=True)
+    # Event type keys this endpoint receives; empty: every event type.
+    event_types = models.JSONField(default=list, blank=True)
+    secrets = models.TextField(blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, blank=True)
+    # When deliveries started failing without a success since; NULL while healthy.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"webhook endpoint {self.pk} ({self.url[:80]})"
+
+    def clean(self) -> None:
+        from channels_delivery.ssrf import UnsafeUrl, url_check
+
+        try:
+            url_check(self.url)
+        except UnsafeUrl as refused:
+            raise ValidationError({"url": refused.reason}) from None
+
+    def receives(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
+
+
+class InboxSettings(models.Model):
+    """The tenant's in-app inbox secret: one row per tenant schema (pk 1).
+
+    The tenant's backend signs each subscriber's external id with it
+    (channels_delivery.inbox_auth) so its frontend can read that subscriber's
+    inbox without an API key. Stored as a Fernet token (channels_delivery.crypto),
+    not editable so no form ever shows it.
+    """
+
+    SINGLETON_PK = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_PK, editable=False)
+    secret = models.TextField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    rotated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "inbox settings"
+        verbose_name_plural = "inbox settings"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="inbox_settings_singleton")
+        ]
+
+    def __str__(self) -> str:
+        return "Inbox settings"

@@ -1,5 +1,11 @@
-"""WebSocket routes; the in-app inbox stream joins this list (Delivery issue)."""
+"""WebSocket routes: the live in-app inbox."""
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from channels_delivery.consumers import InboxConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("ws/inbox", InboxConsumer.as_asgi()),
+]

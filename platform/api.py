@@ -63,7 +63,10 @@ COMMON_PROBLEMS = {
 class HeraldNinjaAPI(NinjaAPI):
     def get_openapi_schema(self, **kwargs: Any) -> Any:
         """Errors are documented as what they are: application/problem+json."""
+        from channels_delivery.api_inbox import document_inbox_security
+
         schema = super().get_openapi_schema(**kwargs)
+        document_inbox_security(schema)
         schema["components"].setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
         problem = {"$ref": "#/components/schemas/Problem"}
         for operations in schema["paths"].values():
@@ -202,6 +205,7 @@ def unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 def _register_routers() -> None:
     from channels_delivery.api import router as messages
+    from channels_delivery.api_inbox import router as inbox
     from rules_engine.api.event_types import router as event_types
     from rules_engine.api.events import router as events
     from rules_engine.api.preferences import defaults_router as preference_defaults
@@ -218,6 +222,7 @@ def _register_routers() -> None:
     api.add_router("/preferences", preference_defaults)
     api.add_router("/topics", topics)
     api.add_router("/messages", messages)
+    api.add_router("/inbox", inbox)
     api.add_router("/event-types", event_types)
     api.add_router("/rules", rules)
     api.add_router("/templates", templates)

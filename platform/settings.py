@@ -54,6 +54,11 @@ HERALD_ALLOW_LOOPBACK_URLS: bool = env.bool("HERALD_ALLOW_LOOPBACK_URLS", defaul
 HERALD_OUTBOUND_MAX_RESPONSE_BYTES: int = env.int(
     "HERALD_OUTBOUND_MAX_RESPONSE_BYTES", default=64 * 1024
 )
+# After a webhook endpoint's secret is rotated, the old one keeps signing (next
+# to the new one) this long, so receivers can switch without rejecting anything.
+HERALD_WEBHOOK_SECRET_OVERLAP_HOURS: int = env.int(
+    "HERALD_WEBHOOK_SECRET_OVERLAP_HOURS", default=24
+)
 
 safety.refuse_unsafe_settings(
     herald_env=HERALD_ENV,
@@ -205,6 +210,22 @@ HERALD_DISPATCH_GRACE_SECONDS: int = env.int("HERALD_DISPATCH_GRACE_SECONDS", de
 # lost the task, or the queue is that far behind); processing is idempotent.
 HERALD_DISPATCH_REQUEUE_SECONDS: int = env.int("HERALD_DISPATCH_REQUEUE_SECONDS", default=600)
 
+# --- Delivering messages (channels_delivery.services.delivery, .dispatch) --------
+
+# A retry due sooner than this rides on a Celery countdown; a later one waits in
+# its row for the sweeper (keep it far below the broker's visibility timeout).
+HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS: int = env.int(
+    "HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS", default=60
+)
+# The sweeper (every 15 s) publishes due queued messages untouched this long: a
+# retry or a scheduled send whose time came, or a publish that was lost.
+HERALD_DELIVERY_GRACE_SECONDS: int = env.int("HERALD_DELIVERY_GRACE_SECONDS", default=60)
+# A message "sending" this long lost its worker; the sweeper queues it again.
+# Keep it above CELERY_TASK_TIME_LIMIT.
+HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS: int = env.int(
+    "HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS", default=600
+)
+
 # --- CEL rule conditions (rules_engine.cel) --------------------------------------
 
 # Longest condition accepted; checked before the parser sees it.
@@ -321,4 +342,5 @@ CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "herald.worker_heartbeat", "schedule": 30.0},
     "events-sweep": {"task": "rules_engine.events_sweep_all", "schedule": 15.0},
     "digests-flush": {"task": "rules_engine.digests_flush_all", "schedule": 15.0},
+    "messages-sweep": {"task": "channels_delivery.messages_sweep_all", "schedule": 15.0},
 }

@@ -2,8 +2,10 @@
 
 API requests (``/api/``) are resolved by API key, never by hostname: a request
 with a missing or bad key is refused with a problem response and never falls
-through to the public schema. Everything else (the dashboards) is resolved by
-hostname, as django-tenants does.
+through to the public schema. The in-app inbox under ``/api/v1/inbox/`` (but
+its secret endpoints) is read by tenants' frontends, which have no key: it is
+resolved by tenant slug and subscriber hash instead (channels_delivery.inbox_auth).
+Everything else (the dashboards) is resolved by hostname, as django-tenants does.
 """
 
 import logging
@@ -16,6 +18,12 @@ from django.http.response import HttpResponseBase
 from django.urls import set_urlconf
 from django_tenants.middleware.main import TenantMainMiddleware
 
+from channels_delivery.inbox_auth import (
+    HASH_HEADER,
+    SUBSCRIBER_HEADER,
+    TENANT_HEADER,
+    inbox_authenticate,
+)
 from herald.limits import (
     QuotaReservation,
     RateLimitDecision,
@@ -37,6 +45,23 @@ PUBLIC_API_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/docs"})
 # Answered for every Host header, before any tenant lookup or host validation.
 HEALTH_PATHS = frozenset({"/healthz"})
 SEND_EVENT_PATH = "/api/v1/events"
+# The in-app inbox is read by the tenant's frontend, which has no API key: it
+# proves a subscriber with a hash instead (channels_delivery.inbox_auth). The
+# tenant's own management of the inbox secret keeps to API keys.
+INBOX_PREFIX = "/api/v1/inbox/"
+INBOX_API_KEY_PATHS = frozenset({"/api/v1/inbox/secret", "/api/v1/inbox/secret/rotate"})
+# Browsers call the inbox cross-origin; no cookies are involved, so any origin may.
+INBOX_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": f"Content-Type, {TENANT_HEADER}, {SUBSCRIBER_HEADER}, "
+    f"{HASH_HEADER}",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def _is_subscriber_path(path: str) -> bool:
+    return path.startswith(INBOX_PREFIX) and path not in INBOX_API_KEY_PATHS
 
 
 def _use_tenant_schema(tenant: Tenant) -> None:
@@ -91,6 +116,8 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
         if request.path_info in PUBLIC_API_PATHS:
             tenant_connection.set_schema_to_public()
             return None
+        if _is_subscriber_path(request.path_info):
+            return self._resolve_inbox_request(request)
         try:
             principal = api_key_authenticate(authorization=request.headers.get("Authorization"))
         except AuthenticationFailed as failure:
@@ -128,9 +155,43 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
         sentry_sdk.set_tag("tenant", principal.tenant.schema_name)
         return None
 
+    def _resolve_inbox_request(self, request: HttpRequest) -> HttpResponse | None:
+        if request.method == "OPTIONS":  # a CORS preflight carries no credentials
+            return HttpResponse(status=204, headers=INBOX_CORS_HEADERS)
+        try:
+            principal = inbox_authenticate(
+                tenant_slug=request.headers.get(TENANT_HEADER),
+                external_id=request.headers.get(SUBSCRIBER_HEADER),
+                given_hash=request.headers.get(HASH_HEADER),
+            )
+        except AuthenticationFailed as failure:
+            return problem_response(
+                status=failure.status,
+                slug=failure.slug,
+                title=failure.title,
+                detail=failure.detail,
+            )
+        except DatabaseError:
+            logger.exception("database unavailable while authenticating an inbox subscriber")
+            return problem_response(
+                status=503,
+                slug="service-unavailable",
+                title="Service unavailable",
+                detail="Herald's database is unreachable; retry shortly.",
+                headers={"Retry-After": "5"},
+            )
+        request.inbox_principal = principal  # type: ignore[attr-defined]
+        request.tenant = principal.tenant  # type: ignore[attr-defined]
+        _use_tenant_schema(principal.tenant)
+        sentry_sdk.set_tag("tenant", principal.tenant.schema_name)
+        return None
+
     def process_response(
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
+        if _is_subscriber_path(request.path_info):
+            for name, value in INBOX_CORS_HEADERS.items():
+                response.headers.setdefault(name, value)
         reservation: QuotaReservation | None = getattr(request, "quota_reservation", None)
         if reservation is not None:
             reservation.release()  # refused before the endpoint took it

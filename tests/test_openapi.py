@@ -49,12 +49,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from channels_delivery.catalogue import Channel
+from channels_delivery.inbox_auth import inbox_secret_get, subscriber_hash
 from channels_delivery.models import AttemptOutcome, DeliveryAttempt, Message, MessageStatus
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
 from tests.conftest import ApiClient
 
 OPENAPI_URL = "/api/v1/openapi.json"
+# Read by the tenant's frontend with a subscriber hash instead of the bearer key.
+INBOX_SUBSCRIBER_PATHS = "/api/v1/inbox/messages"
 DOCS_URL = "/api/v1/docs"
 PROBLEM_JSON = "application/problem+json"
 # Generated requests per operation: 21 operations x 50 take about 20 s on 2 cores.
@@ -217,11 +220,21 @@ def known_ids(api_a: ApiClient, tenant_a: Tenant) -> dict[str, str]:
             response_status=250,
             latency_ms=12,
         )
+        in_app = Message.objects.create(
+            event=Event.objects.get(pk=event_id),
+            subscriber=Subscriber.objects.get(external_id="seed-ada"),
+            channel=Channel.IN_APP,
+            status=MessageStatus.DELIVERED,
+            content={"title": "Hello", "body": "Hi Ada", "action_url": "https://example.com/"},
+        )
+        inbox_hash = subscriber_hash(secret=inbox_secret_get().secret, external_id="seed-ada")
     return {
         "external_id": "seed-ada",
         "key": "seed.watchers",
         "event_id": str(event_id),
         "message_id": str(message.id),
+        "inbox_message_id": str(in_app.id),
+        "inbox_hash": inbox_hash,
         "rule_id": str(rule_id),
         "version": "1",
     }
@@ -233,6 +246,8 @@ def _cases(operation: APIOperation, known_ids: dict[str, str]) -> st.SearchStrat
         operation.as_strategy(GenerationMode.NEGATIVE),
     ]
     names = re.findall(r"{([^}]+)}", operation.path)
+    if operation.path.startswith(INBOX_SUBSCRIBER_PATHS):
+        known_ids = {**known_ids, "message_id": known_ids["inbox_message_id"]}
     if names and all(name in known_ids for name in names):
         existing = {name: known_ids[name] for name in names}
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=existing))
@@ -259,6 +274,12 @@ def test_operation_conforms_to_the_document(
     undeclared_statuses: dict[str, set[int]],
 ) -> None:
     headers = {"Authorization": f"Bearer {api_a.token}"}
+    if operation.path.startswith(INBOX_SUBSCRIBER_PATHS):
+        headers = {
+            "X-Herald-Tenant": "alpha",
+            "X-Herald-Subscriber": "seed-ada",
+            "X-Herald-Subscriber-Hash": known_ids["inbox_hash"],
+        }
 
     @given(case=_cases(operation, known_ids))
     @settings(
@@ -330,12 +351,32 @@ def test_document_declares_bearer_authentication(document: dict[str, Any]) -> No
         f"{method.upper()} {path}"
         for path, item in document["paths"].items()
         for method, operation in item.items()
-        if not any(
+        if not path.startswith(INBOX_SUBSCRIBER_PATHS)
+        and not any(
             set(requirement) & bearer
             for requirement in operation.get("security", document.get("security", []))
         )
     ]
     assert not unauthenticated, f"operations that do not require the bearer key: {unauthenticated}"
+
+
+def test_inbox_operations_require_the_three_subscriber_headers(document: dict[str, Any]) -> None:
+    schemes: dict[str, Any] = document["components"]["securitySchemes"]
+    inbox = [
+        (f"{method.upper()} {path}", operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if path.startswith(INBOX_SUBSCRIBER_PATHS)
+    ]
+    assert len(inbox) == 6
+    for label, operation in inbox:
+        [requirement] = operation["security"]  # one requirement: all its schemes together
+        headers = {schemes[name]["name"] for name in requirement if schemes[name]["in"] == "header"}
+        assert headers == {
+            "X-Herald-Tenant",
+            "X-Herald-Subscriber",
+            "X-Herald-Subscriber-Hash",
+        }, label
 
 
 def test_error_responses_are_declared_as_problem_json(document: dict[str, Any]) -> None:

@@ -40,6 +40,9 @@ class ProviderResult:
     response_excerpt: str = ""  # capped by the provider (RESPONSE_EXCERPT_MAX)
     error: str = ""  # readable, for the tenant's message timeline
     retry_after_seconds: float | None = None  # from Retry-After, when the provider said
+    # The receiver said the endpoint is gone for good (a webhook's 410 Gone): the
+    # delivery code disables the endpoint instead of sending to it again.
+    disable_endpoint: bool = False
 
 
 RESPONSE_EXCERPT_MAX = 2048

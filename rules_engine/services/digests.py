@@ -46,6 +46,8 @@ import orjson
 from django.conf import settings
 from django.db import connection, transaction
 
+from channels_delivery.models import MessageStatus
+from channels_delivery.services.dispatch import messages_enqueue
 from channels_delivery.services.messages import NewMessage, messages_copy
 from rules_engine.cel import (
     Activation,
@@ -465,6 +467,15 @@ def digests_send(*, batch_ids: Sequence[int], claim: uuid.UUID, now: datetime) -
                 "skipped": skipped,
             }
         messages_copy(messages=messages, now=now)
+        # Due ones go to delivery once this commits; later ones wait for the sweeper.
+        messages_enqueue(
+            message_ids=[
+                message.id
+                for message in messages
+                if message.status == MessageStatus.QUEUED
+                and (message.send_after is None or message.send_after <= now)
+            ]
+        )
         DigestBatch.objects.bulk_update(batches, ["status", "sent_at", "message", "outcome"])
     return FlushReport(claimed=len(batch_ids), sent=len(batches), messages=len(messages))
 

@@ -43,6 +43,7 @@ from markupsafe import Markup
 
 from channels_delivery.catalogue import Channel
 from channels_delivery.models import Message, MessageStatus
+from channels_delivery.services.dispatch import messages_enqueue
 from channels_delivery.services.messages import NewMessage, messages_copy
 from rules_engine.cel import CelError, CelProgram, build_activation, program_for
 from rules_engine.event_types import event_types_current
@@ -513,6 +514,15 @@ def _event_process(event_id: uuid.UUID) -> Event | None:
                     critical=info.is_critical,
                 )
             messages_copy(messages=plan.messages, now=now)
+            # Due ones go to delivery once this commits; later ones wait for the sweeper.
+            messages_enqueue(
+                message_ids=[
+                    message.id
+                    for message in plan.messages
+                    if message.status == MessageStatus.QUEUED
+                    and (message.send_after is None or message.send_after <= now)
+                ]
+            )
             digests_collect(entries=plan.digest_entries, event_id=event.id, now=now)
             matched = [story.rule_id for story in plan.rules if story.matched]
             event.status = EventStatus.PROCESSED if matched else EventStatus.NO_MATCH

@@ -287,3 +287,27 @@ def test_rotate_command_fails_when_secrets_are_unreadable(
     with pytest.raises(CommandError, match="no configured key decrypts"):
         call_command("integrations_rotate_keys", stdout=out)
     assert "alpha: 0 rotated, 1 UNREADABLE" in out.getvalue()
+
+
+def test_rotation_covers_every_stored_secret(in_tenant_a: Tenant, old_key_only: Any) -> None:
+    """Integrations, webhook endpoints and the inbox secret: an old key can be
+    removed once rotation reports nothing unreadable."""
+    from channels_delivery.crypto import secrets_decrypt, secrets_encrypt
+    from channels_delivery.inbox_auth import inbox_secret_get
+    from channels_delivery.models import InboxSettings, WebhookEndpoint
+
+    create_smtp()
+    endpoint = WebhookEndpoint.objects.create(
+        url="https://hooks.example.com/in",
+        secrets=secrets_encrypt(values={"current": "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0"}),
+    )
+    inbox = inbox_secret_get()
+    old_key_only.HERALD_ENCRYPTION_KEYS = [KEY_NEW, KEY_OLD]
+
+    counts = secrets_rotate()
+    assert (counts.rotated, counts.unreadable) == (3, 0)
+
+    old_key_only.HERALD_ENCRYPTION_KEYS = [KEY_NEW]
+    endpoint.refresh_from_db()
+    assert secrets_decrypt(token=endpoint.secrets)["current"].startswith("whsec_")
+    assert secrets_decrypt(token=InboxSettings.objects.get().secret)["secret"] == inbox.secret

@@ -1,0 +1,142 @@
+"""Handing messages to the delivery workers: the messages table is the outbox.
+
+``messages_enqueue`` publishes message ids once the current transaction
+commits (STYLE.md 3), one ``channels_delivery.messages_deliver`` task per 100,
+with the tenant's schema in the headers. A short wait (a retry due within
+HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS) rides on a Celery countdown; a longer
+one waits in the row.
+
+What a publish can lose is still in the table: ``messages_sweep`` (beat, every
+15 s) claims queued messages that are due (``send_after`` and
+``next_attempt_at`` passed) and were not touched for
+HERALD_DELIVERY_GRACE_SECONDS — a retry whose time came, a scheduled send, a
+publish that was lost — and messages left ``sending`` longer than
+HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS (their worker died), and publishes
+them. Claims use ``FOR UPDATE SKIP LOCKED``; delivery claims each message
+again, so one published twice is sent once.
+"""
+
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from channels_delivery.models import Message, MessageStatus
+from channels_delivery.retry import MAX_ATTEMPTS
+from tenants.db import tenant_connection
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_CHUNK = 100
+CLAIM_LIMIT = 1000
+SENDING_TIMED_OUT = "the delivery worker stopped while sending; trying again"
+SENDING_GAVE_UP = "the delivery worker stopped while sending, on every attempt; given up"
+
+
+def publish_to_delivery(schema_name: str, chunk: list[str], countdown: float = 0.0) -> None:
+    from channels_delivery.tasks import messages_deliver
+
+    options: dict[str, object] = {"headers": {"_schema_name": schema_name}}
+    if countdown > 0:
+        options["countdown"] = countdown
+    messages_deliver.apply_async(args=[chunk], **options)
+
+
+def _publish_safely(schema_name: str, chunk: list[str], countdown: float) -> None:
+    try:
+        publish_to_delivery(schema_name, chunk, countdown)
+    except Exception:
+        # Still queued in the table: the sweeper publishes them after the grace period.
+        logger.exception(
+            "publishing %s messages of %s for delivery failed; the sweeper will "
+            "publish them after %s s",
+            len(chunk),
+            schema_name,
+            settings.HERALD_DELIVERY_GRACE_SECONDS,
+        )
+
+
+def messages_enqueue(*, message_ids: Iterable[uuid.UUID | str], countdown: float = 0.0) -> None:
+    """Publish these messages for delivery once the current transaction commits
+    (at once outside one), ``countdown`` seconds later."""
+    ids = [str(message_id) for message_id in message_ids]
+    if not ids:
+        return
+    schema_name = tenant_connection.schema_name
+    for start in range(0, len(ids), PUBLISH_CHUNK):
+        chunk = ids[start : start + PUBLISH_CHUNK]
+        transaction.on_commit(
+            lambda chunk=chunk: _publish_safely(schema_name, chunk, countdown),  # type: ignore[misc]
+            robust=True,
+        )
+
+
+def messages_due(*, now: datetime) -> Q:
+    """Queued messages whose time has come: no ``send_after`` or
+    ``next_attempt_at`` in the future."""
+    return (
+        Q(status=MessageStatus.QUEUED)
+        & (Q(send_after__isnull=True) | Q(send_after__lte=now))
+        & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+    )
+
+
+def messages_sweep(*, now: datetime | None = None, limit: int = CLAIM_LIMIT) -> int:
+    """Claim and publish up to ``limit`` due messages of the current schema that
+    nobody published within the grace period, and as many stuck in ``sending``
+    (failed instead once out of attempts); returns how many were published."""
+    now = now or timezone.now()
+    grace = timedelta(seconds=settings.HERALD_DELIVERY_GRACE_SECONDS)
+    sending_timeout = timedelta(seconds=settings.HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS)
+    with transaction.atomic():
+        due = list(
+            Message.objects.filter(messages_due(now=now), updated_at__lt=now - grace)
+            .order_by("created_at")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        # Touched now, so the next sweep leaves them to the task it published.
+        Message.objects.filter(pk__in=due).update(updated_at=now)
+        stuck = list(
+            Message.objects.filter(
+                status=MessageStatus.SENDING, updated_at__lt=now - sending_timeout
+            )
+            .order_by("updated_at")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        # The guarded transitions sending -> failed | queued, in bulk: the WHERE
+        # clauses are the check (services.delivery.TRANSITIONS allows both). Each
+        # claim counted an attempt, so a message that kills its worker every
+        # time runs out of them.
+        stranded = Message.objects.filter(pk__in=stuck, status=MessageStatus.SENDING)
+        given_up = stranded.filter(attempt_count__gte=MAX_ATTEMPTS).update(
+            status=MessageStatus.FAILED,
+            next_attempt_at=None,
+            failed_at=now,
+            error=SENDING_GAVE_UP,
+            updated_at=now,
+        )
+        requeued = list(
+            stranded.filter(attempt_count__lt=MAX_ATTEMPTS).values_list("id", flat=True)
+        )
+        stranded.filter(pk__in=requeued).update(
+            status=MessageStatus.QUEUED,
+            next_attempt_at=None,
+            error=SENDING_TIMED_OUT,
+            updated_at=now,
+        )
+        if stuck:
+            logger.warning(
+                "%s messages were stuck sending: %s queued again, %s failed",
+                len(stuck),
+                len(requeued),
+                given_up,
+            )
+        messages_enqueue(message_ids=[*due, *requeued])
+    return len(due) + len(requeued)
