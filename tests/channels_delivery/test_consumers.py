@@ -148,3 +148,24 @@ def test_inbox_notify_ignores_other_channels_and_a_broken_layer(
         )
         inbox_notify(message=email)
     assert callbacks == []
+
+
+def test_a_tenants_frontend_on_its_own_origin_can_open_the_stream(tenant_a: Tenant) -> None:
+    """Through the real ASGI application: the tenant's page is not on Herald's hosts."""
+    from herald.asgi import application as asgi_application
+
+    with tenant_context(tenant_a):
+        Subscriber.objects.create(external_id="ada")
+    signature = hash_for(tenant_a, "ada")
+
+    async def scenario() -> bool:
+        socket = WebsocketCommunicator(
+            asgi_application,
+            url(tenant_a, "ada", signature),
+            headers=[(b"origin", b"https://app.customer.example"), (b"host", b"herald.test")],
+        )
+        connected, _ = await socket.connect(timeout=5)
+        await socket.disconnect()
+        return bool(connected)
+
+    assert async_to_sync(scenario)()
