@@ -59,6 +59,8 @@ HERALD_OUTBOUND_MAX_RESPONSE_BYTES: int = env.int(
 HERALD_WEBHOOK_SECRET_OVERLAP_HOURS: int = env.int(
     "HERALD_WEBHOOK_SECRET_OVERLAP_HOURS", default=24
 )
+# Where recipients' mail clients reach Herald: unsubscribe, open and click links.
+HERALD_PUBLIC_URL: str = env.str("HERALD_PUBLIC_URL", default="http://localhost:8000")
 
 safety.refuse_unsafe_settings(
     herald_env=HERALD_ENV,

@@ -5,6 +5,8 @@ with a missing or bad key is refused with a problem response and never falls
 through to the public schema. The in-app inbox under ``/api/v1/inbox/`` (but
 its secret endpoints) is read by tenants' frontends, which have no key: it is
 resolved by tenant slug and subscriber hash instead (channels_delivery.inbox_auth).
+Links in emails (``/u/``, ``/o/``, ``/c/``) carry a signed token naming their
+tenant and are answered before any lookup (channels_delivery.views_tracking).
 Everything else (the dashboards) is resolved by hostname, as django-tenants does.
 """
 
@@ -24,6 +26,7 @@ from channels_delivery.inbox_auth import (
     TENANT_HEADER,
     inbox_authenticate,
 )
+from channels_delivery.views_tracking import is_tracking_path, tracking_dispatch
 from herald.limits import (
     QuotaReservation,
     RateLimitDecision,
@@ -97,6 +100,10 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
         if path in HEALTH_PATHS:
             # Load balancers probe by IP address: answer before host validation.
             return healthz(request)
+        if is_tracking_path(path):
+            # Links in emails live on the public address; their signed token names
+            # the tenant, and the view switches to it (channels_delivery.views_tracking).
+            return tracking_dispatch(request)
         try:
             response: HttpResponse | None = super().process_request(request)
         except DatabaseError:

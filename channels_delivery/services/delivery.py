@@ -7,8 +7,18 @@ provider talks to the network: it claims the message (``queued`` and due ->
 ``sending``) in one short transaction, sends, then records the attempt and
 moves the message on in another. What a result means is decided in
 ``channels_delivery.retry``; this module only applies it.
+
+Two channels are Herald's own and need no tenant integration (``BUILT_IN``):
+``in_app`` (the Message row is the inbox item: accepted at once, then marked
+delivered and pushed to the subscriber's open sockets after commit) and
+``webhook``, whose addresses are the tenant's WebhookEndpoints. A webhook
+message goes to every enabled endpoint whose event filter receives its event's
+type, one DeliveryAttempt per endpoint; it is sent once all of them accepted,
+and a retry goes only to the endpoints that have not accepted yet. An endpoint
+that answers 410 Gone is disabled and no longer counts against the message.
 """
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -39,7 +49,14 @@ from channels_delivery.providers.base import (
 )
 from channels_delivery.retry import FAILOVER_AFTER_RETRYABLE, Action, Decision, decide
 from channels_delivery.services.dispatch import messages_enqueue
+from channels_delivery.services.inbox import inbox_notify
 from channels_delivery.services.integrations import integration_config, integrations_for
+from channels_delivery.services.webhooks import (
+    endpoint_address,
+    endpoint_delivery_record,
+    endpoints_receiving,
+)
+from channels_delivery.tracking import tracking_prepare
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +78,15 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
 STAMPS: Mapping[str, str] = {S.SENT: "sent_at", S.DELIVERED: "delivered_at", S.FAILED: "failed_at"}
 ERROR_MAX = Message._meta.get_field("error").max_length or 500
 ATTEMPT_ERROR_MAX = 2000
+
+# Channels Herald delivers itself, with the provider named here: no tenant
+# Integration is needed (or looked at), and there is no failover.
+BUILT_IN: Mapping[str, str] = {Channel.IN_APP: "inbox", Channel.WEBHOOK: "webhook"}
+# Channels whose provider accepting a message is its delivery.
+DELIVERED_WHEN_SENT = frozenset({Channel.IN_APP})
+# A webhook attempt's provider_message_id names the endpoint it went to, so a
+# retry knows which endpoints already accepted the message.
+ENDPOINT_MARK = "endpoint:"
 
 
 class TransitionRefused(Exception):
@@ -125,21 +151,33 @@ def message_deliver(*, message_id: uuid.UUID, now: datetime | None = None) -> De
     if message is None:
         current = Message.objects.filter(pk=message_id).values_list("status", flat=True).first()
         return DeliveryReport(message_id=message_id, status=current or "", attempted=False)
-    integrations = integrations_for(channel=message.channel)
-    integration = _current(message=message, integrations=integrations)
+    if message.channel in BUILT_IN:
+        integrations: list[Integration] = []
+        integration = None
+    else:
+        integrations = integrations_for(channel=message.channel)
+        integration = _current(message=message, integrations=integrations)
     clock = time.monotonic()
-    provider_key, result, final = _send(message=message, integration=integration)
-    elapsed = time.monotonic() - clock
+    sends, final = _send(message=message, integration=integration, now=now, clock=clock)
     return _record(
         message_id=message.id,
         integration=integration,
         following=_following(integration=integration, integrations=integrations),
-        provider_key=provider_key,
-        result=result,
+        sends=sends,
         final=final,
         started_at=now,
-        elapsed=elapsed,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Sent:
+    """One provider call: what became of it and when (seconds after the claim)."""
+
+    provider_key: str
+    result: ProviderResult
+    offset: float = 0.0
+    elapsed: float = 0.0
+    endpoint_id: int | None = None
 
 
 def _claim(*, message_id: uuid.UUID, now: datetime) -> Message | None:
@@ -203,55 +241,180 @@ def _address(message: Message) -> dict[str, Any]:
     return address
 
 
-def _send(*, message: Message, integration: Integration | None) -> tuple[str, ProviderResult, bool]:
-    """(provider key, result, final): ``final`` when no other integration could do
-    better, so the message fails without failover."""
+def _send(
+    *, message: Message, integration: Integration | None, now: datetime, clock: float
+) -> tuple[list[_Sent], bool]:
+    """(the provider calls made, final): ``final`` when no other integration could
+    do better, so the message fails without failover."""
     channel = message.channel
     if message.subscriber is None:
         error = "the subscriber was erased, so the message has no address"
-        return "", ProviderResult(kind=ResultKind.PERMANENT, error=error), True
+        return [_Sent(provider_key="", result=_failure(ResultKind.PERMANENT, error))], True
     if not providers_for(channel):
         error = f"Herald has no provider for the {channel} channel yet"
-        return "", ProviderResult(kind=ResultKind.CONFIG_ERROR, error=error), True
+        return [_Sent(provider_key="", result=_failure(ResultKind.CONFIG_ERROR, error))], True
+    if channel == Channel.WEBHOOK:
+        return _send_webhook(message=message, now=now, clock=clock)
+    if channel in BUILT_IN:
+        provider_key = BUILT_IN[channel]
+        result = _provider_send(
+            channel=channel, key=provider_key, rendered=_rendered(message), config={}
+        )
+        # Not final: the retry policy decides (there is no integration to fail over to).
+        return [_timed(provider_key=provider_key, result=result, clock=clock)], False
     if integration is None:
         error = f"no enabled integration for the {channel} channel; add one to send {channel}"
-        return "", ProviderResult(kind=ResultKind.CONFIG_ERROR, error=error), True
-    try:
-        provider = provider_get(channel=channel, key=integration.provider)
-    except LookupError as missing:
-        error = f"integration {integration.name!r}: {missing}"
-        return (
-            integration.provider,
-            ProviderResult(kind=ResultKind.CONFIG_ERROR, error=error),
-            False,
-        )
+        return [_Sent(provider_key="", result=_failure(ResultKind.CONFIG_ERROR, error))], True
     try:
         config = integration_config(integration=integration)
     except SecretsUnreadable as unreadable:
         error = f"integration {integration.name!r}: its secrets can not be read ({unreadable})"
-        return (
-            integration.provider,
-            ProviderResult(kind=ResultKind.CONFIG_ERROR, error=error),
-            False,
-        )
+        failure = _failure(ResultKind.CONFIG_ERROR, error)
+        return [_Sent(provider_key=integration.provider, result=failure)], False
+    result = _provider_send(
+        channel=channel,
+        key=integration.provider,
+        rendered=_rendered(message),
+        config=config,
+        label=f"integration {integration.name!r}: ",
+    )
+    return [_timed(provider_key=integration.provider, result=result, clock=clock)], False
+
+
+def _failure(kind: ResultKind, error: str) -> ProviderResult:
+    return ProviderResult(kind=kind, error=error[:ATTEMPT_ERROR_MAX])
+
+
+def _timed(*, provider_key: str, result: ProviderResult, clock: float) -> _Sent:
+    """A call that started at ``clock`` (monotonic) and ended now."""
+    return _Sent(provider_key=provider_key, result=result, elapsed=time.monotonic() - clock)
+
+
+def _rendered(message: Message, *, address: Mapping[str, Any] | None = None) -> RenderedMessage:
     rendered = RenderedMessage(
         message_id=str(message.id),
-        channel=channel,
+        channel=message.channel,
         content=message.content,
-        address=_address(message),
+        address=_address(message) if address is None else address,
+        # The message's id, the same on every retry and for every endpoint: a
+        # receiver drops a delivery it already processed (webhook-id).
         idempotency_key=str(message.id),
     )
+    return tracking_prepare(rendered, message=message)  # email: unsubscribe + tracking
+
+
+def _provider_send(
+    *,
+    channel: str,
+    key: str,
+    rendered: RenderedMessage,
+    config: Mapping[str, Any],
+    label: str = "",
+) -> ProviderResult:
+    """One provider call; a missing provider or one that raises becomes a result."""
     try:
-        result = provider.send(rendered, config)
+        provider = provider_get(channel=channel, key=key)
+    except LookupError as missing:
+        return _failure(ResultKind.CONFIG_ERROR, f"{label}{missing}")
+    try:
+        return provider.send(rendered, config)
     except Exception as crash:
         # A provider must return a result; one that raises is a bug, retried like
         # an outage (and failed over after a few) rather than losing the message.
-        logger.exception(
-            "provider %s/%s raised sending %s", channel, integration.provider, message.id
+        logger.exception("provider %s/%s raised sending %s", channel, key, rendered.message_id)
+        error = f"the {key} provider failed: {type(crash).__name__}: {crash}"
+        return _failure(ResultKind.RETRYABLE, error)
+
+
+def _endpoints_accepted(*, message_id: uuid.UUID) -> set[int]:
+    """The webhook endpoints that already accepted this message (earlier attempts)."""
+    marks = DeliveryAttempt.objects.filter(
+        message_id=message_id,
+        outcome=ResultKind.ACCEPTED,
+        provider_message_id__startswith=ENDPOINT_MARK,
+    ).values_list("provider_message_id", flat=True)
+    return {int(mark.removeprefix(ENDPOINT_MARK)) for mark in marks}
+
+
+def _send_webhook(*, message: Message, now: datetime, clock: float) -> tuple[list[_Sent], bool]:
+    """Send to every enabled endpoint that receives the event's type and has not
+    accepted this message yet; each result is recorded on the endpoint too (a
+    410 disables it)."""
+    key = BUILT_IN[Channel.WEBHOOK]
+    event_type = message.event.event_type_key
+    done = _endpoints_accepted(message_id=message.id)
+    endpoints = [
+        endpoint
+        for endpoint in endpoints_receiving(event_type=event_type)
+        if endpoint.pk not in done
+    ]
+    if not endpoints:
+        if done:
+            return [], False  # the endpoints still owed were disabled or deleted meanwhile
+        error = (
+            f"no enabled webhook endpoint receives {event_type!r} events; "
+            "add one, or widen an endpoint's event types"
         )
-        error = f"the {integration.provider} provider failed: {type(crash).__name__}: {crash}"
-        result = ProviderResult(kind=ResultKind.RETRYABLE, error=error[:ATTEMPT_ERROR_MAX])
-    return integration.provider, result, False
+        return [_Sent(provider_key=key, result=_failure(ResultKind.CONFIG_ERROR, error))], True
+    sends = []
+    for endpoint in endpoints:
+        started = time.monotonic()
+        label = f"endpoint {endpoint.pk} ({endpoint.url[:200]}): "
+        try:
+            address = endpoint_address(endpoint=endpoint, now=now)
+        except SecretsUnreadable as unreadable:
+            error = f"{label}its signing secrets can not be read ({unreadable})"
+            result = _failure(ResultKind.CONFIG_ERROR, error)
+        else:
+            result = _provider_send(
+                channel=Channel.WEBHOOK,
+                key=key,
+                rendered=_rendered(message, address=address),
+                config={},
+                label=label,
+            )
+            if result.error:
+                result = dataclasses.replace(result, error=f"{label}{result.error}")
+        endpoint_delivery_record(endpoint_id=endpoint.pk, result=result, now=now)
+        sends.append(
+            _Sent(
+                provider_key=key,
+                result=result,
+                offset=started - clock,
+                elapsed=time.monotonic() - started,
+                endpoint_id=endpoint.pk,
+            )
+        )
+    return sends, False
+
+
+def _combined(sends: Sequence[_Sent]) -> ProviderResult:
+    """What the calls mean for the message: accepted when every call was (a
+    disabled endpoint no longer counts); otherwise a retry if any failure is
+    worth one (the next attempt reaches only the endpoints still owed), else the
+    first failure."""
+    if not sends:
+        return ProviderResult(kind=ResultKind.ACCEPTED)
+    results = [sent.result for sent in sends]
+    failed = [
+        result
+        for result in results
+        if result.kind is not ResultKind.ACCEPTED and not result.disable_endpoint
+    ]
+    if not failed:
+        accepted = [result for result in results if result.kind is ResultKind.ACCEPTED]
+        # Every endpoint asked to be disabled: the message reached no one.
+        return accepted[0] if accepted else results[0]
+    if len(results) == 1:
+        return failed[0]
+    retryable = [result for result in failed if result.kind is ResultKind.RETRYABLE]
+    chosen = retryable[0] if retryable else failed[0]
+    waits = [result.retry_after_seconds for result in retryable if result.retry_after_seconds]
+    return dataclasses.replace(
+        chosen,
+        error="; ".join(result.error for result in failed)[:ATTEMPT_ERROR_MAX],
+        retry_after_seconds=max(waits) if waits else chosen.retry_after_seconds,
+    )
 
 
 def _retryable_in_a_row(*, message_id: uuid.UUID, integration: Integration | None) -> int:
@@ -275,26 +438,34 @@ def _record(
     message_id: uuid.UUID,
     integration: Integration | None,
     following: Integration | None,
-    provider_key: str,
-    result: ProviderResult,
+    sends: Sequence[_Sent],
     final: bool,
     started_at: datetime,
-    elapsed: float,
 ) -> DeliveryReport:
+    result = _combined(sends)
     with transaction.atomic():
         message = Message.objects.select_for_update().get(pk=message_id)
-        DeliveryAttempt.objects.create(
-            message=message,
-            integration=integration,
-            provider=provider_key,
-            started_at=started_at,
-            finished_at=started_at + timedelta(seconds=elapsed),
-            outcome=result.kind,
-            response_status=result.response_status,
-            response_excerpt=result.response_excerpt[:RESPONSE_EXCERPT_MAX],
-            error=result.error[:ATTEMPT_ERROR_MAX],
-            provider_message_id=result.provider_message_id[:255],
-            latency_ms=round(elapsed * 1000),
+        DeliveryAttempt.objects.bulk_create(
+            [
+                DeliveryAttempt(
+                    message=message,
+                    integration=integration,
+                    provider=sent.provider_key,
+                    started_at=started_at + timedelta(seconds=sent.offset),
+                    finished_at=started_at + timedelta(seconds=sent.offset + sent.elapsed),
+                    outcome=sent.result.kind,
+                    response_status=sent.result.response_status,
+                    response_excerpt=sent.result.response_excerpt[:RESPONSE_EXCERPT_MAX],
+                    error=sent.result.error[:ATTEMPT_ERROR_MAX],
+                    provider_message_id=(
+                        f"{ENDPOINT_MARK}{sent.endpoint_id}"
+                        if sent.endpoint_id is not None
+                        else sent.result.provider_message_id[:255]
+                    ),
+                    latency_ms=round(sent.elapsed * 1000),
+                )
+                for sent in sends
+            ]
         )
         if message.status != S.SENDING:
             # The sweeper took it back (this attempt outlived the sending timeout):
@@ -329,6 +500,9 @@ def _record(
             following=following,
             label=label,
         )
+        if message.status == S.SENT and message.channel in DELIVERED_WHEN_SENT:
+            _move(message, to=S.DELIVERED, now=started_at)
+            inbox_notify(message=message)  # on commit: the row is there when it arrives
     return DeliveryReport(
         message_id=message.id,
         status=message.status,

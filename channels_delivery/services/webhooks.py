@@ -249,6 +249,13 @@ def endpoint_delivery_record(
     return endpoint
 
 
+def endpoints_receiving(*, event_type: str) -> list[WebhookEndpoint]:
+    """The enabled endpoints whose event filter lets ``event_type`` through, oldest
+    first: a rule's webhook action delivers to every one of them."""
+    enabled = WebhookEndpoint.objects.filter(enabled=True).order_by("created_at", "pk")
+    return [endpoint for endpoint in enabled if endpoint.receives(event_type)]
+
+
 def endpoint_address(*, endpoint: WebhookEndpoint, now: datetime | None = None) -> dict[str, Any]:
     """What the ``webhook`` provider sends to: RenderedMessage.address."""
     return {
