@@ -77,12 +77,13 @@ class RotationCounts:
 
 def _encrypted_fields() -> list[tuple[type[Model], str]]:
     """Every column that holds a token of this module: key rotation rewrites them all."""
-    from channels_delivery.models import InboxSettings, Integration, WebhookEndpoint
+    from channels_delivery.models import InboxSettings, Integration, PushSettings, WebhookEndpoint
 
     return [
         (Integration, "secrets"),
         (WebhookEndpoint, "secrets"),
         (InboxSettings, "secret"),
+        (PushSettings, "private_key"),
     ]
 
 

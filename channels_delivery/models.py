@@ -242,3 +242,30 @@ class InboxSettings(models.Model):
 
     def __str__(self) -> str:
         return "Inbox settings"
+
+
+class PushSettings(models.Model):
+    """The tenant's VAPID key pair for web push: one row per tenant schema (pk 1).
+
+    Generated on first use (channels_delivery.providers.push). The private key is
+    a Fernet token (channels_delivery.crypto); the public key is what the tenant's
+    frontend passes to ``pushManager.subscribe`` as ``applicationServerKey``.
+    """
+
+    SINGLETON_PK = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_PK, editable=False)
+    private_key = models.TextField(editable=False)
+    public_key = models.CharField(max_length=100, editable=False)  # base64url, uncompressed point
+    contact = models.CharField(max_length=255)  # the VAPID "sub" claim: mailto: or https:
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "push settings"
+        verbose_name_plural = "push settings"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="push_settings_singleton")
+        ]
+
+    def __str__(self) -> str:
+        return "Push settings"

@@ -59,6 +59,9 @@ HERALD_OUTBOUND_MAX_RESPONSE_BYTES: int = env.int(
 HERALD_WEBHOOK_SECRET_OVERLAP_HOURS: int = env.int(
     "HERALD_WEBHOOK_SECRET_OVERLAP_HOURS", default=24
 )
+# The contact in every tenant's VAPID claims (web push): push services write
+# here about a misbehaving sender. A mailto: or https: URL.
+HERALD_VAPID_CONTACT: str = env.str("HERALD_VAPID_CONTACT", default="mailto:ops@localhost")
 # Where recipients' mail clients reach Herald: unsubscribe, open and click links.
 HERALD_PUBLIC_URL: str = env.str("HERALD_PUBLIC_URL", default="http://localhost:8000")
 

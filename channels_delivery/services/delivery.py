@@ -81,7 +81,11 @@ ATTEMPT_ERROR_MAX = 2000
 
 # Channels Herald delivers itself, with the provider named here: no tenant
 # Integration is needed (or looked at), and there is no failover.
-BUILT_IN: Mapping[str, str] = {Channel.IN_APP: "inbox", Channel.WEBHOOK: "webhook"}
+BUILT_IN: Mapping[str, str] = {
+    Channel.IN_APP: "inbox",
+    Channel.WEBHOOK: "webhook",
+    Channel.PUSH: "webpush",  # with the tenant's own VAPID keys (providers.push)
+}
 # Channels whose provider accepting a message is its delivery.
 DELIVERED_WHEN_SENT = frozenset({Channel.IN_APP})
 # A webhook attempt's provider_message_id names the endpoint it went to, so a
