@@ -316,10 +316,16 @@ def test_editing_a_template_or_rule_leaves_existing_messages_as_they_were(
 def test_delay_and_send_window_set_send_after_and_critical_ignores_the_window(
     schema: Tenant,
 ) -> None:
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
     person("ann", email="ann@example.com", timezone="Europe/Berlin")
     email_template()
     rule(name="later", delay_seconds=600)
-    rule(name="office", send_window={"start": "09:00", "end": "17:00"})
+    # A window that opens two hours from now, Berlin time: now is always outside it.
+    opens = (datetime.now(berlin) + timedelta(hours=2)).hour
+    window = {"start": f"{opens:02d}:00", "end": f"{(opens + 1) % 24:02d}:00"}
+    rule(name="office", send_window=window)
     before = datetime.now(UTC)
     event = send(recipients=["ann"])
     by_rule = {m.rule_version.rule.name: m for m in messages_of(event) if m.rule_version}
@@ -327,9 +333,16 @@ def test_delay_and_send_window_set_send_after_and_critical_ignores_the_window(
     assert later is not None
     assert timedelta(seconds=595) < later - before < timedelta(seconds=610)
     office = by_rule["office"].send_after
-    if office is not None:  # outside 09:00-17:00 Berlin time now: held until it opens
-        local = office.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))
-        assert (local.hour, local.minute) == (9, 0)
+    assert office is not None  # held until the window opens
+    assert (office.astimezone(berlin).hour, office.astimezone(berlin).minute) == (opens, 0)
+    assert timedelta(hours=1) < office - before <= timedelta(hours=2)
+
+    event_type_save(key="order.shipped", category="orders", is_critical=True)
+    event_types_forget(schema_name=schema.schema_name)
+    critical = send(recipients=["ann"])
+    by_rule = {m.rule_version.rule.name: m for m in messages_of(critical) if m.rule_version}
+    assert by_rule["office"].send_after is None  # critical: not held by the window
+    assert by_rule["later"].send_after is not None  # the delay still applies
 
 
 def test_throttle_records_the_excess_as_throttled(schema: Tenant) -> None:
