@@ -159,6 +159,10 @@ class Integration(models.Model):
     # Lower goes first: the primary, then the fallbacks of the same channel.
     priority = models.IntegerField(default=0)
     enabled = models.BooleanField(default=True)
+    # The provider's sending limit: at most this many messages a second through
+    # this integration, across all workers (a token bucket in Redis); NULL: no
+    # limit. A message over the limit waits for a token, no attempt spent.
+    rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -195,7 +199,12 @@ class WebhookEndpoint(models.Model):
     enabled = models.BooleanField(default=True)
     disabled_reason = models.CharField(max_length=500, blank=True)
     # When deliveries started failing without a success since; NULL while healthy.
+    # After HERALD_WEBHOOK_DISABLE_AFTER_DAYS of that the endpoint is disabled.
     failing_since = models.DateTimeField(null=True, blank=True)
+    # Until then, deliveries to this endpoint run in the slow lane (its own queue
+    # and workers), because it answered slowly or not at all: a slow receiver
+    # must not hold up everyone else's.
+    slow_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -269,3 +278,56 @@ class PushSettings(models.Model):
 
     def __str__(self) -> str:
         return "Push settings"
+
+
+class CallbackType(models.TextChoices):
+    """What a webhook endpoint may subscribe to besides event types: news about
+    Herald's own work, sent to the tenant's endpoints (services.callbacks)."""
+
+    MESSAGE_SENT = "message.sent", "A message was sent"
+    MESSAGE_DELIVERED = "message.delivered", "A message was delivered"
+    MESSAGE_FAILED = "message.failed", "A message failed"
+    MESSAGE_READ = "message.read", "A message was read"
+    ENDPOINT_DISABLED = "endpoint.disabled", "A webhook endpoint was disabled"
+
+
+class CallbackStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+
+
+class StatusCallback(models.Model):
+    """One status callback to one endpoint: an outbox row, delivered, signed and
+    retried like any webhook (services.callbacks). Its id is the ``webhook-id``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="callbacks"
+    )
+    type = models.CharField(max_length=40, choices=CallbackType.choices)
+    # The message it is about, if any (kept as a plain id: the callback outlives it).
+    message_id = models.UUIDField(null=True, blank=True)
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=20, choices=CallbackStatus.choices, default=CallbackStatus.QUEUED
+    )
+    attempt_count = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    response_status = models.PositiveIntegerField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="callback_status_idx"),
+            models.Index(fields=["endpoint", "-created_at"], name="callback_endpoint_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} to endpoint {self.endpoint_id} ({self.status})"

@@ -9,6 +9,7 @@ import uuid
 
 from django.db import DatabaseError
 
+from channels_delivery.services.callbacks import callback_deliver
 from channels_delivery.services.delivery import message_deliver
 from herald.celery import app
 
@@ -17,22 +18,36 @@ logger = logging.getLogger(__name__)
 RETRY = {"autoretry_for": (DatabaseError,), "retry_backoff": 2, "max_retries": 8}
 
 
-@app.task(name="channels_delivery.messages_deliver", **RETRY)
-def messages_deliver(message_ids: list[str]) -> None:
-    for raw in message_ids:
+def _uuids(raw_ids: list[str], *, what: str) -> list[uuid.UUID]:
+    ids = []
+    for raw in raw_ids:
         try:
-            message_id = uuid.UUID(str(raw))
+            ids.append(uuid.UUID(str(raw)))
         except ValueError:
-            logger.error("messages_deliver got %r, which is not a message id; skipped", raw)
-            continue
-        message_deliver(message_id=message_id)
+            logger.error("got %r, which is not a %s id; skipped", raw, what)
+    return ids
+
+
+@app.task(name="channels_delivery.messages_deliver", **RETRY)
+def messages_deliver(message_ids: list[str], slow_lane: bool = False) -> None:
+    """``slow_lane``: published to the delivery_slow queue (services.dispatch)."""
+    for message_id in _uuids(message_ids, what="message"):
+        message_deliver(message_id=message_id, slow_lane=slow_lane)
+
+
+@app.task(name="channels_delivery.callbacks_deliver", **RETRY)
+def callbacks_deliver(callback_ids: list[str]) -> None:
+    for callback_id in _uuids(callback_ids, what="status callback"):
+        callback_deliver(callback_id=callback_id)
 
 
 @app.task(name="channels_delivery.messages_sweep_all", requires_tenant=False)
 def messages_sweep_all() -> None:
-    """Beat: publish every tenant's due and stranded messages (services.dispatch)."""
+    """Beat: publish every tenant's due and stranded messages (services.dispatch)
+    and status callbacks (services.callbacks)."""
     from django_tenants.utils import get_public_schema_name, tenant_context
 
+    from channels_delivery.services.callbacks import callbacks_sweep
     from channels_delivery.services.dispatch import messages_sweep
     from tenants.models import Tenant
 
@@ -41,9 +56,9 @@ def messages_sweep_all() -> None:
     ):
         try:
             with tenant_context(tenant):
-                swept = messages_sweep()
+                swept = messages_sweep() + callbacks_sweep()
         except Exception:  # one tenant's failure must not hold up the others' messages
             logger.exception("sweeping the messages of %s failed", tenant.schema_name)
             continue
         if swept:
-            logger.info("published %s due messages of %s", swept, tenant.schema_name)
+            logger.info("published %s due messages and callbacks of %s", swept, tenant.schema_name)

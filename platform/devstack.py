@@ -282,6 +282,14 @@ def command_run(arguments: argparse.Namespace) -> int:
              "--concurrency", str(arguments.concurrency)],
             env,
         )  # fmt: skip
+        # The slow lane: webhook receivers that answer slowly wait here, in
+        # threads, not in the worker above (channels_delivery.services.dispatch).
+        supervisor.start(
+            "worker-slow",
+            [*celery, "worker", "-Q", "delivery_slow", "--loglevel", "INFO",
+             "--pool", "threads", "--concurrency", "8", "-n", "slow@%h"],
+            env,
+        )  # fmt: skip
         supervisor.start(
             "beat",
             [*celery, "beat", "--loglevel", "INFO",

@@ -305,6 +305,28 @@ def rate_limited_response(decision: RateLimitDecision) -> HttpResponse:
     )
 
 
+# --- Any token bucket ------------------------------------------------------------
+
+
+def token_wait(*, key: str, rate: int, capacity: int) -> float:
+    """Take one token from the bucket at ``key`` (``rate`` tokens a second, at
+    most ``capacity`` saved up): 0.0 when one was taken, else the seconds until
+    one will be there. Fails open (0.0) while Redis is unavailable, as the API
+    rate limit does: a provider's limit is not worth stopping delivery for."""
+    if rate < 1 or capacity < 1:
+        raise ValueError(f"a token bucket needs rate and capacity >= 1, not {rate}, {capacity}")
+    if not redis_guard.available():
+        return 0.0
+    try:
+        allowed, _remaining, retry_after_us, _until_full = _script(RATE_LIMIT_LUA)(
+            keys=[key], args=[rate, capacity], client=limits_redis()
+        )
+    except redis.RedisError as error:
+        redis_guard.failed(purpose="an integration's rate limit", error=error)
+        return 0.0
+    return 0.0 if allowed else max(int(retry_after_us), 1) / MICROSECONDS
+
+
 # --- Monthly event quota ----------------------------------------------------------
 
 

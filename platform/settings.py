@@ -59,6 +59,21 @@ HERALD_OUTBOUND_MAX_RESPONSE_BYTES: int = env.int(
 HERALD_WEBHOOK_SECRET_OVERLAP_HOURS: int = env.int(
     "HERALD_WEBHOOK_SECRET_OVERLAP_HOURS", default=24
 )
+# An endpoint whose every delivery has failed for this long is disabled (and an
+# endpoint.disabled callback tells the tenant's other endpoints).
+HERALD_WEBHOOK_DISABLE_AFTER_DAYS: float = env.float(
+    "HERALD_WEBHOOK_DISABLE_AFTER_DAYS", default=5.0
+)
+# A webhook endpoint that takes at least this long to answer (or times out) is
+# served by the slow lane (the delivery_slow queue) for
+# HERALD_WEBHOOK_SLOW_LANE_SECONDS, so it can not hold up the other endpoints.
+HERALD_WEBHOOK_SLOW_SECONDS: float = env.float("HERALD_WEBHOOK_SLOW_SECONDS", default=2.0)
+HERALD_WEBHOOK_SLOW_LANE_SECONDS: int = env.int("HERALD_WEBHOOK_SLOW_LANE_SECONDS", default=600)
+# A webhook message owed to several endpoints is POSTed to this many at once.
+HERALD_WEBHOOK_FANOUT_CONCURRENCY: int = env.int("HERALD_WEBHOOK_FANOUT_CONCURRENCY", default=8)
+# Which endpoints subscribe to which status callbacks is cached this long per
+# process (a change made in the same process is seen at once).
+HERALD_CALLBACK_CACHE_SECONDS: float = env.float("HERALD_CALLBACK_CACHE_SECONDS", default=5.0)
 # The contact in every tenant's VAPID claims (web push): push services write
 # here about a misbehaving sender. A mailto: or https: URL.
 HERALD_VAPID_CONTACT: str = env.str("HERALD_VAPID_CONTACT", default="mailto:ops@localhost")

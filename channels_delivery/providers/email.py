@@ -96,8 +96,10 @@ def _host_refusal(host: str) -> str | None:
     return ssrf.address_refusal(bare, allow_loopback=allow_loopback)
 
 
-def _email_checked(value: Any, *, field: str, errors: dict[str, str]) -> str:
-    """An address, optionally with a display name ("Acme <no-reply@acme.io>")."""
+def email_address_checked(value: Any, *, field: str, errors: dict[str, str]) -> str:
+    """An address, optionally with a display name ("Acme <no-reply@acme.io>"); an
+    error is added to ``errors`` under ``field`` instead of raising, so a config's
+    every bad field is named at once. Shared by every email provider."""
     if not isinstance(value, str) or not value.strip():
         errors[field] = "required" if value in (None, "") else "must be a string"
         return ""
@@ -118,11 +120,13 @@ def _domain_of(address: str) -> str:
     return parseaddr(address)[1].rpartition("@")[2] or "herald.invalid"
 
 
-def _build(
+def email_message_build(
     message: RenderedMessage, *, from_email: str, reply_to: str
 ) -> tuple[EmailMultiAlternatives, str]:
     """The email for ``message`` and its Message-ID; raises ValueError naming what
-    the rendered message lacks."""
+    the rendered message lacks. Every email provider sends what this builds, so a
+    message looks the same through SMTP, the console and an ESP (multipart text and
+    HTML, the rendered headers such as List-Unsubscribe, reserved headers refused)."""
     recipient = message.address.get("email")
     if not isinstance(recipient, str) or not recipient.strip():
         raise ValueError("the message has no email address")
@@ -143,6 +147,13 @@ def _build(
     reserved = sorted(name for name in message.headers if name.lower() in RESERVED_HEADERS)
     if reserved:
         raise ValueError(f"a rendered message may not set the header(s) {', '.join(reserved)}")
+    # Django refuses these only when it writes MIME (SMTP); an ESP's JSON API gets
+    # the headers as values, so a line break would otherwise reach it.
+    broken = sorted(
+        name for name, value in message.headers.items() if "\n" in str(value) or "\r" in str(value)
+    )
+    if broken:
+        raise ValueError(f"header value(s) not on one line: {', '.join(map(repr, broken))}")
     # Stable across retries, so a receiver can drop a duplicate and a bounce can
     # be traced back to the Message.
     message_id = f"<{message.message_id}@{_domain_of(from_email)}>"
@@ -304,10 +315,12 @@ class SmtpProvider:
             errors["password"] = "required when a username is set"  # noqa: S105
         elif password and not username:
             errors["username"] = "required when a password is set"
-        from_email = _email_checked(config.get("from_email"), field="from_email", errors=errors)
+        from_email = email_address_checked(
+            config.get("from_email"), field="from_email", errors=errors
+        )
         reply_to = ""
         if config.get("reply_to"):
-            reply_to = _email_checked(config["reply_to"], field="reply_to", errors=errors)
+            reply_to = email_address_checked(config["reply_to"], field="reply_to", errors=errors)
         timeout = config.get("timeout", DEFAULT_TIMEOUT_SECONDS)
         if (
             isinstance(timeout, bool)
@@ -361,7 +374,7 @@ class SmtpProvider:
         try:
             for index, message in enumerate(messages):
                 try:
-                    email, message_id = _build(
+                    email, message_id = email_message_build(
                         message, from_email=config["from_email"], reply_to=config["reply_to"]
                     )
                     backend.send_messages([email])
@@ -410,10 +423,12 @@ class ConsoleProvider:
         errors: dict[str, str] = {
             unknown: "unknown field" for unknown in sorted(set(config) - self.fields)
         }
-        from_email = _email_checked(config.get("from_email"), field="from_email", errors=errors)
+        from_email = email_address_checked(
+            config.get("from_email"), field="from_email", errors=errors
+        )
         reply_to = ""
         if config.get("reply_to"):
-            reply_to = _email_checked(config["reply_to"], field="reply_to", errors=errors)
+            reply_to = email_address_checked(config["reply_to"], field="reply_to", errors=errors)
         if errors:
             raise ConfigInvalid(errors)
         return {"from_email": from_email, "reply_to": reply_to}
@@ -424,7 +439,7 @@ class ConsoleProvider:
         except ConfigInvalid as error:
             return ProviderResult(kind=ResultKind.CONFIG_ERROR, error=str(error))
         try:
-            email, message_id = _build(
+            email, message_id = email_message_build(
                 message, from_email=config["from_email"], reply_to=config["reply_to"]
             )
             # Looked up at send time, so a test capturing stdout sees it.

@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from channels_delivery.models import (
     Integration,
     Message,
     MessageStatus,
+    WebhookEndpoint,
 )
 from channels_delivery.providers.base import (
     RESPONSE_EXCERPT_MAX,
@@ -48,15 +50,19 @@ from channels_delivery.providers.base import (
     providers_for,
 )
 from channels_delivery.retry import FAILOVER_AFTER_RETRYABLE, Action, Decision, decide
+from channels_delivery.services.callbacks import message_callbacks_emit
 from channels_delivery.services.dispatch import messages_enqueue
 from channels_delivery.services.inbox import inbox_notify
 from channels_delivery.services.integrations import integration_config, integrations_for
 from channels_delivery.services.webhooks import (
     endpoint_address,
     endpoint_delivery_record,
+    endpoint_is_slow,
     endpoints_receiving,
 )
 from channels_delivery.tracking import tracking_prepare
+from herald.limits import token_wait
+from tenants.db import tenant_connection
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +125,8 @@ def _move(message: Message, *, to: str, now: datetime, **fields: Any) -> None:
     for name, value in fields.items():
         setattr(message, name, value)
     message.save(update_fields=["status", *fields, "updated_at"])
+    # In the same transaction: the status and its callback commit together.
+    message_callbacks_emit(message=message, status=to, now=now)
 
 
 def message_transition(
@@ -147,22 +155,39 @@ class DeliveryReport:
     next_attempt_at: datetime | None = None
 
 
-def message_deliver(*, message_id: uuid.UUID, now: datetime | None = None) -> DeliveryReport:
+def message_deliver(
+    *, message_id: uuid.UUID, now: datetime | None = None, slow_lane: bool = False
+) -> DeliveryReport:
     """Try to deliver one message, if it is queued and due; a no-op otherwise, so a
-    message sent once is never sent again however often it is published."""
+    message sent once is never sent again however often it is published.
+
+    Two things hand a claimed message back, queued again without spending an
+    attempt: its integration's rate limit (it comes back when a token is there)
+    and, outside the slow lane, a webhook endpoint it is owed to that is slow
+    (it goes to the slow lane, whose own workers wait for such receivers)."""
     now = now or timezone.now()
     message = _claim(message_id=message_id, now=now)
     if message is None:
         current = Message.objects.filter(pk=message_id).values_list("status", flat=True).first()
         return DeliveryReport(message_id=message_id, status=current or "", attempted=False)
+    endpoints: list[WebhookEndpoint] = []
+    if message.channel == Channel.WEBHOOK:
+        endpoints = _endpoints_owed(message)
+        if not slow_lane and any(endpoint_is_slow(endpoint=e, now=now) for e in endpoints):
+            return _hand_back(message=message, now=now, slow_lane=True)
     if message.channel in BUILT_IN:
         integrations: list[Integration] = []
         integration = None
     else:
         integrations = integrations_for(channel=message.channel)
         integration = _current(message=message, integrations=integrations)
+        wait = _rate_limit_wait(integration)
+        if wait > 0:
+            return _hand_back(message=message, now=now, countdown=wait, slow_lane=slow_lane)
     clock = time.monotonic()
-    sends, final = _send(message=message, integration=integration, now=now, clock=clock)
+    sends, final = _send(
+        message=message, integration=integration, endpoints=endpoints, now=now, clock=clock
+    )
     return _record(
         message_id=message.id,
         integration=integration,
@@ -171,6 +196,46 @@ def message_deliver(*, message_id: uuid.UUID, now: datetime | None = None) -> De
         final=final,
         started_at=now,
     )
+
+
+def integration_rate_key(integration: Integration) -> str:
+    return f"herald:integration-rate:{tenant_connection.schema_name}:{integration.pk}"
+
+
+# Per process: the last time slot given to a message held back by each
+# integration's rate limit (monotonic seconds).
+_rate_slots: dict[str, float] = {}
+
+
+def _rate_limit_wait(integration: Integration | None) -> float:
+    """Seconds to hold a message back for the integration's rate limit; 0.0 when a
+    token was taken and it may go now. Messages held back one after another get
+    successive slots 1/rate apart, so a backlog comes back spread out rather
+    than all at once when the next token is due."""
+    if integration is None or not integration.rate_limit_per_second:
+        return 0.0
+    rate = integration.rate_limit_per_second
+    key = integration_rate_key(integration)
+    wait = token_wait(key=key, rate=rate, capacity=rate)
+    if wait <= 0:
+        return 0.0
+    clock = time.monotonic()
+    slot = max(clock + wait, _rate_slots.get(key, 0.0) + 1 / rate)
+    _rate_slots[key] = slot
+    return slot - clock
+
+
+def _hand_back(
+    *, message: Message, now: datetime, countdown: float = 0.0, slow_lane: bool = False
+) -> DeliveryReport:
+    """Undo a claim: the message is queued again, its attempt not counted, and
+    published ``countdown`` seconds from now (to the slow lane if asked)."""
+    with transaction.atomic():
+        locked = Message.objects.select_for_update().get(pk=message.id)
+        if locked.status == S.SENDING:
+            _move(locked, to=S.QUEUED, now=now, attempt_count=max(0, locked.attempt_count - 1))
+            messages_enqueue(message_ids=[locked.id], countdown=countdown, slow_lane=slow_lane)
+    return DeliveryReport(message_id=message.id, status=locked.status, attempted=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,7 +311,12 @@ def _address(message: Message) -> dict[str, Any]:
 
 
 def _send(
-    *, message: Message, integration: Integration | None, now: datetime, clock: float
+    *,
+    message: Message,
+    integration: Integration | None,
+    endpoints: Sequence[WebhookEndpoint],
+    now: datetime,
+    clock: float,
 ) -> tuple[list[_Sent], bool]:
     """(the provider calls made, final): ``final`` when no other integration could
     do better, so the message fails without failover."""
@@ -258,7 +328,7 @@ def _send(
         error = f"Herald has no provider for the {channel} channel yet"
         return [_Sent(provider_key="", result=_failure(ResultKind.CONFIG_ERROR, error))], True
     if channel == Channel.WEBHOOK:
-        return _send_webhook(message=message, now=now, clock=clock)
+        return _send_webhook(message=message, endpoints=endpoints, now=now, clock=clock)
     if channel in BUILT_IN:
         provider_key = BUILT_IN[channel]
         result = _provider_send(
@@ -340,52 +410,86 @@ def _endpoints_accepted(*, message_id: uuid.UUID) -> set[int]:
     return {int(mark.removeprefix(ENDPOINT_MARK)) for mark in marks}
 
 
-def _send_webhook(*, message: Message, now: datetime, clock: float) -> tuple[list[_Sent], bool]:
-    """Send to every enabled endpoint that receives the event's type and has not
-    accepted this message yet; each result is recorded on the endpoint too (a
-    410 disables it)."""
-    key = BUILT_IN[Channel.WEBHOOK]
-    event_type = message.event.event_type_key
+def _endpoints_owed(message: Message) -> list[WebhookEndpoint]:
+    """The enabled endpoints that receive the message's event type and have not
+    accepted it yet."""
     done = _endpoints_accepted(message_id=message.id)
-    endpoints = [
+    return [
         endpoint
-        for endpoint in endpoints_receiving(event_type=event_type)
+        for endpoint in endpoints_receiving(event_type=message.event.event_type_key)
         if endpoint.pk not in done
     ]
+
+
+def _send_webhook(
+    *, message: Message, endpoints: Sequence[WebhookEndpoint], now: datetime, clock: float
+) -> tuple[list[_Sent], bool]:
+    """Send to ``endpoints`` (those owed the message) at the same time, so one slow
+    receiver does not delay the others; each result is recorded on its endpoint
+    too (a 410 disables it, a slow answer sends it to the slow lane)."""
+    key = BUILT_IN[Channel.WEBHOOK]
     if not endpoints:
-        if done:
+        if _endpoints_accepted(message_id=message.id):
             return [], False  # the endpoints still owed were disabled or deleted meanwhile
+        event_type = message.event.event_type_key
         error = (
             f"no enabled webhook endpoint receives {event_type!r} events; "
             "add one, or widen an endpoint's event types"
         )
         return [_Sent(provider_key=key, result=_failure(ResultKind.CONFIG_ERROR, error))], True
-    sends = []
+    # Everything that reads the database happens here, in this thread; the
+    # threads below only sign and POST.
+    calls: list[tuple[WebhookEndpoint, str, RenderedMessage | None, ProviderResult | None]] = []
     for endpoint in endpoints:
-        started = time.monotonic()
         label = f"endpoint {endpoint.pk} ({endpoint.url[:200]}): "
         try:
             address = endpoint_address(endpoint=endpoint, now=now)
         except SecretsUnreadable as unreadable:
             error = f"{label}its signing secrets can not be read ({unreadable})"
-            result = _failure(ResultKind.CONFIG_ERROR, error)
+            calls.append((endpoint, label, None, _failure(ResultKind.CONFIG_ERROR, error)))
         else:
-            result = _provider_send(
-                channel=Channel.WEBHOOK,
-                key=key,
-                rendered=_rendered(message, address=address),
-                config={},
-                label=label,
-            )
-            if result.error:
-                result = dataclasses.replace(result, error=f"{label}{result.error}")
-        endpoint_delivery_record(endpoint_id=endpoint.pk, result=result, now=now)
+            calls.append((endpoint, label, _rendered(message, address=address), None))
+
+    def post(rendered: RenderedMessage, label: str) -> tuple[ProviderResult, float, float]:
+        started = time.monotonic()
+        result = _provider_send(
+            channel=Channel.WEBHOOK, key=key, rendered=rendered, config={}, label=label
+        )
+        if result.error:
+            result = dataclasses.replace(result, error=f"{label}{result.error}")
+        return result, started - clock, time.monotonic() - started
+
+    outcomes: dict[int, tuple[ProviderResult, float, float]] = {}
+    pending = [(endpoint, label, rendered) for endpoint, label, rendered, _ in calls if rendered]
+    if len(pending) == 1:
+        endpoint, label, rendered = pending[0]
+        outcomes[endpoint.pk] = post(rendered, label)
+    elif pending:
+        workers = min(len(pending), settings.HERALD_WEBHOOK_FANOUT_CONCURRENCY)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
+            futures = {
+                endpoint.pk: pool.submit(post, rendered, label)
+                for endpoint, label, rendered in pending
+            }
+        outcomes = {pk: future.result() for pk, future in futures.items()}
+    sends = []
+    for endpoint, _label, _rendered_message, refused in calls:
+        if refused is not None:
+            result, offset, elapsed, timed = refused, 0.0, 0.0, False
+        else:
+            (result, offset, elapsed), timed = outcomes[endpoint.pk], True
+        endpoint_delivery_record(
+            endpoint_id=endpoint.pk,
+            result=result,
+            now=now,
+            elapsed_seconds=elapsed if timed else None,
+        )
         sends.append(
             _Sent(
                 provider_key=key,
                 result=result,
-                offset=started - clock,
-                elapsed=time.monotonic() - started,
+                offset=offset,
+                elapsed=elapsed,
                 endpoint_id=endpoint.pk,
             )
         )

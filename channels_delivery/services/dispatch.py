@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from channels_delivery.models import Message, MessageStatus
 from channels_delivery.retry import MAX_ATTEMPTS
+from channels_delivery.services.callbacks import message_callbacks_emit_many
 from tenants.db import tenant_connection
 
 logger = logging.getLogger(__name__)
@@ -38,18 +39,28 @@ SENDING_TIMED_OUT = "the delivery worker stopped while sending; trying again"
 SENDING_GAVE_UP = "the delivery worker stopped while sending, on every attempt; given up"
 
 
-def publish_to_delivery(schema_name: str, chunk: list[str], countdown: float = 0.0) -> None:
+# The slow lane: webhook deliveries owed to an endpoint that answers slowly or
+# not at all, served by their own workers (`celery worker -Q delivery_slow`).
+SLOW_LANE_QUEUE = "delivery_slow"
+
+
+def publish_to_delivery(
+    schema_name: str, chunk: list[str], countdown: float = 0.0, slow_lane: bool = False
+) -> None:
     from channels_delivery.tasks import messages_deliver
 
     options: dict[str, object] = {"headers": {"_schema_name": schema_name}}
     if countdown > 0:
         options["countdown"] = countdown
+    if slow_lane:
+        options["queue"] = SLOW_LANE_QUEUE
+        options["kwargs"] = {"slow_lane": True}
     messages_deliver.apply_async(args=[chunk], **options)
 
 
-def _publish_safely(schema_name: str, chunk: list[str], countdown: float) -> None:
+def _publish_safely(schema_name: str, chunk: list[str], countdown: float, slow_lane: bool) -> None:
     try:
-        publish_to_delivery(schema_name, chunk, countdown)
+        publish_to_delivery(schema_name, chunk, countdown, slow_lane)
     except Exception:
         # Still queued in the table: the sweeper publishes them after the grace period.
         logger.exception(
@@ -61,9 +72,11 @@ def _publish_safely(schema_name: str, chunk: list[str], countdown: float) -> Non
         )
 
 
-def messages_enqueue(*, message_ids: Iterable[uuid.UUID | str], countdown: float = 0.0) -> None:
+def messages_enqueue(
+    *, message_ids: Iterable[uuid.UUID | str], countdown: float = 0.0, slow_lane: bool = False
+) -> None:
     """Publish these messages for delivery once the current transaction commits
-    (at once outside one), ``countdown`` seconds later."""
+    (at once outside one), ``countdown`` seconds later, to the slow lane if asked."""
     ids = [str(message_id) for message_id in message_ids]
     if not ids:
         return
@@ -71,7 +84,7 @@ def messages_enqueue(*, message_ids: Iterable[uuid.UUID | str], countdown: float
     for start in range(0, len(ids), PUBLISH_CHUNK):
         chunk = ids[start : start + PUBLISH_CHUNK]
         transaction.on_commit(
-            lambda chunk=chunk: _publish_safely(schema_name, chunk, countdown),  # type: ignore[misc]
+            lambda chunk=chunk: _publish_safely(schema_name, chunk, countdown, slow_lane),  # type: ignore[misc]
             robust=True,
         )
 
@@ -115,7 +128,10 @@ def messages_sweep(*, now: datetime | None = None, limit: int = CLAIM_LIMIT) -> 
         # claim counted an attempt, so a message that kills its worker every
         # time runs out of them.
         stranded = Message.objects.filter(pk__in=stuck, status=MessageStatus.SENDING)
-        given_up = stranded.filter(attempt_count__gte=MAX_ATTEMPTS).update(
+        out_of_attempts = list(
+            stranded.filter(attempt_count__gte=MAX_ATTEMPTS).values_list("id", flat=True)
+        )
+        given_up = stranded.filter(pk__in=out_of_attempts).update(
             status=MessageStatus.FAILED,
             next_attempt_at=None,
             failed_at=now,
@@ -138,5 +154,6 @@ def messages_sweep(*, now: datetime | None = None, limit: int = CLAIM_LIMIT) -> 
                 len(requeued),
                 given_up,
             )
+        message_callbacks_emit_many(message_ids=out_of_attempts, status=MessageStatus.FAILED)
         messages_enqueue(message_ids=[*due, *requeued])
     return len(due) + len(requeued)

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from channels_delivery.catalogue import Channel
-from channels_delivery.models import Message
+from channels_delivery.models import Message, MessageStatus
 from channels_delivery.selectors import inbox_list, inbox_unread_count
 from tenants.db import tenant_connection
 
@@ -93,9 +93,28 @@ def _updated(message: Message, **changes: object) -> Message:
     return message
 
 
+# The statuses from which reading the message makes it ``read``: the moves
+# services.delivery.TRANSITIONS allows, applied in bulk by the WHERE clause.
+READABLE = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.OPENED)
+
+
+def _status_read(message_ids: Sequence[object]) -> None:
+    """Messages read for the first time become ``read`` (once: unread and read
+    again keeps the status), with a ``message.read`` callback for each."""
+    from channels_delivery.services.callbacks import message_callbacks_emit_many
+
+    readable = Message.objects.filter(pk__in=message_ids, status__in=READABLE)
+    moved = list(readable.values_list("pk", flat=True))
+    if moved:
+        Message.objects.filter(pk__in=moved, status__in=READABLE).update(status=MessageStatus.READ)
+        message_callbacks_emit_many(message_ids=moved, status=MessageStatus.READ)
+
+
 def inbox_message_read(*, message: Message) -> Message:
     now = timezone.now()
-    return _updated(message, read_at=_first("read_at", now), seen_at=_first("seen_at", now))
+    with transaction.atomic():
+        _status_read([message.pk])
+        return _updated(message, read_at=_first("read_at", now), seen_at=_first("seen_at", now))
 
 
 def inbox_message_unread(*, message: Message) -> Message:
@@ -114,9 +133,13 @@ def inbox_message_unarchive(*, message: Message) -> Message:
 def inbox_read_all(*, subscriber_id: int | None) -> int:
     """Mark every unread, unarchived message of the subscriber read; how many were."""
     now = timezone.now()
-    return inbox_list(subscriber_id=subscriber_id, unread=True).update(
-        read_at=now, seen_at=_first("seen_at", now), updated_at=now
-    )
+    with transaction.atomic():
+        unread = inbox_list(subscriber_id=subscriber_id, unread=True)
+        ids = list(unread.select_for_update().values_list("pk", flat=True))
+        _status_read(ids)
+        return Message.objects.filter(pk__in=ids).update(
+            read_at=now, seen_at=_first("seen_at", now), updated_at=now
+        )
 
 
 def inbox_messages_seen(*, messages: Sequence[Message]) -> None:

@@ -16,6 +16,7 @@ from channels_delivery.catalogue import Channel
 from channels_delivery.crypto import secrets_decrypt, secrets_encrypt
 from channels_delivery.models import Integration
 from channels_delivery.providers.base import ConfigInvalid, Provider, provider_get
+from herald.pagination import DEFAULT_LIMIT, Page, cursor_paginate
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,35 @@ def _split(
     return public, secret
 
 
+class IntegrationExists(ConfigInvalid):
+    """The channel has an integration of that name already: a conflict, which the
+    API answers with 409 rather than a field error."""
+
+
+RATE_LIMIT_MAX = 100_000
+
+
+def _rate_checked(rate: object) -> int | None:
+    """A messages-per-second limit: a whole number from 1 to RATE_LIMIT_MAX, None
+    for no limit (0 also means none, for an update that removes it)."""
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 0 <= rate <= RATE_LIMIT_MAX:
+        raise ConfigInvalid(
+            {
+                "rate_limit_per_second": f"must be a whole number of messages a second "
+                f"from 1 to {RATE_LIMIT_MAX} (or none)"
+            }
+        )
+    return rate or None
+
+
 def _save(integration: Integration) -> None:
     try:
         with transaction.atomic():
             integration.save()
     except IntegrityError:
-        raise ConfigInvalid(
+        raise IntegrationExists(
             {"name": f"an integration named {integration.name!r} exists on this channel"}
         ) from None
 
@@ -83,8 +107,10 @@ def integration_create(
     config: Mapping[str, Any],
     priority: int = 0,
     enabled: bool = True,
+    rate_limit_per_second: int | None = None,
 ) -> Integration:
     """A new integration; ``config`` holds the provider's fields, secrets included.
+    ``rate_limit_per_second``: the provider's sending limit (None: none).
     Raises ConfigInvalid naming each bad field."""
     implementation = _provider_for(channel=channel, provider=provider)
     public, secret = _split(provider=implementation, config=config)
@@ -96,6 +122,7 @@ def integration_create(
         secrets=secrets_encrypt(values=secret),
         priority=_priority_checked(priority),
         enabled=bool(enabled),
+        rate_limit_per_second=_rate_checked(rate_limit_per_second),
     )
     _save(integration)
     logger.info("integration %s created: %s", integration.pk, integration)
@@ -109,9 +136,13 @@ def integration_update(
     config: Mapping[str, Any] | None = None,
     priority: int | None = None,
     enabled: bool | None = None,
+    rate_limit_per_second: int | None = None,
 ) -> Integration:
     """Change what is given. ``config`` replaces the non-secret fields; a secret
-    field absent from it or blank keeps its stored value, and ``None`` clears it."""
+    field absent from it or blank keeps its stored value, and ``None`` clears it.
+    ``rate_limit_per_second`` 0 removes the limit."""
+    if rate_limit_per_second is not None:
+        integration.rate_limit_per_second = _rate_checked(rate_limit_per_second) or None
     if name is not None:
         integration.name = _name_checked(name)
     if priority is not None:
@@ -152,4 +183,30 @@ def integrations_for(*, channel: str) -> list[Integration]:
     """The enabled integrations of ``channel`` in send order: primary, then fallbacks."""
     return list(
         Integration.objects.filter(channel=channel, enabled=True).order_by("priority", "pk")
+    )
+
+
+def integration_delete(*, integration: Integration) -> None:
+    """Delete the integration. Messages and attempts that used it keep their
+    history (their link to it is cleared); the channel sends through the
+    integrations left, or fails with a config error when none is."""
+    pk = integration.pk
+    integration.delete()
+    logger.info("integration %s deleted", pk)
+
+
+def integration_get(*, integration_id: int) -> Integration | None:
+    return Integration.objects.filter(pk=integration_id).first()
+
+
+def integration_list(
+    *, channel: str | None = None, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+) -> Page[Integration]:
+    """Integrations by priority then id (send order within a channel), a page at
+    a time; ``channel`` filters."""
+    integrations = Integration.objects.all()
+    if channel is not None:
+        integrations = integrations.filter(channel=channel)
+    return cursor_paginate(
+        integrations, field="priority", cursor=cursor, limit=limit, descending=False
     )

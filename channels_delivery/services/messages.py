@@ -10,6 +10,7 @@ import orjson
 from django.db import connection
 
 from channels_delivery.models import Message, MessageStatus
+from channels_delivery.services.callbacks import message_callbacks_emit_many
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,4 +76,9 @@ def messages_copy(*, messages: Sequence[NewMessage], now: datetime) -> int:
                     now,
                 )
             )
+    failed = [message.id for message in messages if message.status == MessageStatus.FAILED]
+    if failed:
+        # Failed at birth (a render error): failed_at and the callback, like any failure.
+        Message.objects.filter(pk__in=failed).update(failed_at=now)
+        message_callbacks_emit_many(message_ids=failed, status=MessageStatus.FAILED)
     return len(messages)

@@ -19,6 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -212,41 +213,111 @@ def endpoint_secret_rotate(
     return new_secret
 
 
-def endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> WebhookEndpoint:
+def endpoint_disable(
+    *, endpoint: WebhookEndpoint, reason: str, now: datetime | None = None
+) -> WebhookEndpoint:
     """Stop delivering to the endpoint; ``reason`` is shown to the tenant admin
-    (e.g. "the receiver answered 410 Gone")."""
+    (e.g. "the receiver answered 410 Gone"), and sent in an ``endpoint.disabled``
+    callback to the tenant's other endpoints that subscribe to it."""
+    from channels_delivery.models import CallbackType
+    from channels_delivery.services.callbacks import callbacks_emit
+
     if not isinstance(reason, str) or not reason.strip():
         raise ConfigInvalid({"reason": "required: say why the endpoint is disabled"})
-    endpoint.enabled = False
-    endpoint.disabled_reason = reason.strip()[:REASON_MAX_LENGTH]
-    endpoint.save(update_fields=["enabled", "disabled_reason", "updated_at"])
+    now = now or timezone.now()
+    with transaction.atomic():
+        was_enabled = endpoint.enabled
+        endpoint.enabled = False
+        endpoint.disabled_reason = reason.strip()[:REASON_MAX_LENGTH]
+        endpoint.save(update_fields=["enabled", "disabled_reason", "updated_at"])
+        if was_enabled:
+            callbacks_emit(
+                callback_type=CallbackType.ENDPOINT_DISABLED,
+                data={
+                    "endpoint_id": endpoint.pk,
+                    "url": endpoint.url,
+                    "description": endpoint.description,
+                    "reason": endpoint.disabled_reason,
+                    "failing_since": endpoint.failing_since.astimezone(UTC).isoformat()
+                    if endpoint.failing_since
+                    else None,
+                },
+                exclude_endpoint_id=endpoint.pk,
+                now=now,
+            )
     logger.info("webhook endpoint %s disabled: %s", endpoint.pk, endpoint.disabled_reason)
     return endpoint
 
 
+def _disable_after() -> timedelta:
+    return timedelta(days=float(settings.HERALD_WEBHOOK_DISABLE_AFTER_DAYS))
+
+
+def _is_slow(*, result: ProviderResult, elapsed_seconds: float | None) -> bool:
+    """Slow: took HERALD_WEBHOOK_SLOW_SECONDS or more, or gave no answer in time."""
+    if elapsed_seconds is not None and elapsed_seconds >= settings.HERALD_WEBHOOK_SLOW_SECONDS:
+        return True
+    return result.response_status is None and "timed out" in result.error.lower()
+
+
 def endpoint_delivery_record(
-    *, endpoint_id: int, result: ProviderResult, now: datetime | None = None
+    *,
+    endpoint_id: int,
+    result: ProviderResult,
+    now: datetime | None = None,
+    elapsed_seconds: float | None = None,
 ) -> WebhookEndpoint | None:
     """Keep an endpoint's health in step with a delivery to it: a success ends a
-    failure streak, the first failure starts one (``failing_since``), and a
-    result that asks for it (410 Gone) disables the endpoint. None when the
-    endpoint was deleted meanwhile."""
+    failure streak, the first failure starts one (``failing_since``), and the
+    endpoint is disabled when a result asks for it (410 Gone) or when it has been
+    failing for HERALD_WEBHOOK_DISABLE_AFTER_DAYS. A slow answer (or none) puts
+    it in the slow lane for HERALD_WEBHOOK_SLOW_LANE_SECONDS; a quick one takes
+    it out. None when the endpoint was deleted meanwhile."""
     now = now or timezone.now()
+    slow = _is_slow(result=result, elapsed_seconds=elapsed_seconds)
     with transaction.atomic():
         endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint_id).first()
         if endpoint is None:
             return None
+        changed: list[str] = []
+        if slow:
+            endpoint.slow_until = now + timedelta(seconds=settings.HERALD_WEBHOOK_SLOW_LANE_SECONDS)
+            changed.append("slow_until")
+        elif endpoint.slow_until is not None and elapsed_seconds is not None:
+            endpoint.slow_until = None
+            changed.append("slow_until")
         if result.kind is ResultKind.ACCEPTED:
             if endpoint.failing_since is not None:
                 endpoint.failing_since = None
-                endpoint.save(update_fields=["failing_since", "updated_at"])
-            return endpoint
-        if endpoint.failing_since is None:
+                changed.append("failing_since")
+        elif endpoint.failing_since is None:
             endpoint.failing_since = now
-            endpoint.save(update_fields=["failing_since", "updated_at"])
-        if result.disable_endpoint and endpoint.enabled:
-            endpoint_disable(endpoint=endpoint, reason=result.error or "the receiver asked to stop")
+            changed.append("failing_since")
+        if changed:
+            endpoint.save(update_fields=[*changed, "updated_at"])
+        if result.kind is ResultKind.ACCEPTED or not endpoint.enabled:
+            return endpoint
+        if result.disable_endpoint:
+            endpoint_disable(
+                endpoint=endpoint, reason=result.error or "the receiver asked to stop", now=now
+            )
+        elif (
+            endpoint.failing_since is not None and endpoint.failing_since <= now - _disable_after()
+        ):
+            days = (now - endpoint.failing_since).total_seconds() / 86400
+            endpoint_disable(
+                endpoint=endpoint,
+                reason=(
+                    f"every delivery failed for {days:.1f} days (since "
+                    f"{endpoint.failing_since:%Y-%m-%d %H:%M} UTC); the last: {result.error}"
+                ),
+                now=now,
+            )
     return endpoint
+
+
+def endpoint_is_slow(*, endpoint: WebhookEndpoint, now: datetime | None = None) -> bool:
+    return endpoint.slow_until is not None and endpoint.slow_until > (now or timezone.now())
 
 
 def endpoints_receiving(*, event_type: str) -> list[WebhookEndpoint]:
@@ -302,3 +373,95 @@ def webhook_signature_headers(
         "webhook-timestamp": str(int(when.timestamp())),
         "webhook-signature": " ".join(signatures),
     }
+
+
+# --- replay -----------------------------------------------------------------------
+
+
+class ReplayRefused(Exception):
+    """The message can not be replayed; the message says why."""
+
+
+REPLAY_NOTE = "replayed"
+
+
+def _replayable(*, since: datetime | None = None) -> Any:
+    from channels_delivery.catalogue import Channel
+    from channels_delivery.models import Message, MessageStatus
+
+    failed = Message.objects.filter(channel=Channel.WEBHOOK, status=MessageStatus.FAILED)
+    return failed if since is None else failed.filter(failed_at__gte=since)
+
+
+def webhook_message_replay(*, message_id: Any) -> Any:
+    """Queue a failed webhook message again, with a fresh retry schedule; it goes
+    to the enabled endpoints that receive its event type and have not accepted it
+    yet (those that did are not sent it twice). The earlier attempts are kept.
+    Raises ReplayRefused for a message that is not a failed webhook message.
+
+    The one way out of ``failed`` (services.delivery.TRANSITIONS keeps it
+    terminal): guarded here by the WHERE clause under a row lock."""
+    from channels_delivery.models import Message
+    from channels_delivery.services.dispatch import messages_enqueue
+
+    with transaction.atomic():
+        message = Message.objects.select_for_update().filter(pk=message_id).first()
+        if message is None:
+            raise ReplayRefused(f"there is no message {message_id}")
+        if not _replayable().filter(pk=message.pk).exists():
+            raise ReplayRefused(
+                f"message {message.pk} is a {message.channel} message that is {message.status}; "
+                "only failed webhook messages can be replayed"
+            )
+        _replay(ids=[message.pk])
+        messages_enqueue(message_ids=[message.pk])
+        message.refresh_from_db()
+    logger.info("webhook message %s replayed", message.pk)
+    return message
+
+
+def webhook_messages_replay_failed(*, since: datetime, endpoint_id: int | None = None) -> int:
+    """Replay every webhook message that failed at or after ``since`` (only those
+    that were tried at ``endpoint_id``, if given); returns how many. Failed
+    status callbacks since then are queued again too (those to ``endpoint_id``)."""
+    from channels_delivery.models import DeliveryAttempt
+    from channels_delivery.services.callbacks import callbacks_replay_failed
+    from channels_delivery.services.delivery import ENDPOINT_MARK
+    from channels_delivery.services.dispatch import messages_enqueue
+
+    with transaction.atomic():
+        failed = _replayable(since=since)
+        if endpoint_id is not None:
+            tried_there = DeliveryAttempt.objects.filter(
+                message=OuterRef("pk"), provider_message_id=f"{ENDPOINT_MARK}{endpoint_id}"
+            )
+            failed = failed.filter(Exists(tried_there))
+        ids = list(
+            failed.order_by("failed_at")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", flat=True)
+        )
+        _replay(ids=ids)
+        messages_enqueue(message_ids=ids)
+    callbacks = callbacks_replay_failed(since=since, endpoint_id=endpoint_id)
+    logger.info(
+        "replayed %s webhook messages and %s callbacks failed since %s", len(ids), callbacks, since
+    )
+    return len(ids)
+
+
+def _replay(*, ids: Sequence[Any]) -> None:
+    from channels_delivery.models import Message, MessageStatus
+
+    now = timezone.now()
+    for start in range(0, len(ids), 1000):
+        Message.objects.filter(
+            pk__in=ids[start : start + 1000], status=MessageStatus.FAILED
+        ).update(
+            status=MessageStatus.QUEUED,
+            attempt_count=0,
+            next_attempt_at=None,
+            failed_at=None,
+            error=f"{REPLAY_NOTE} at {now:%Y-%m-%d %H:%M:%S} UTC",
+            updated_at=now,
+        )

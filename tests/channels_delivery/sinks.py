@@ -38,6 +38,7 @@ class HttpSink:
         self._server = server
         self._lock = threading.Lock()
         self._replies: deque[SinkReply] = deque()
+        self._replies_by_path: dict[str, deque[SinkReply]] = {}
         self.requests: list[SinkRequest] = []
         self.closing = threading.Event()  # cuts a reply's delay short at teardown
         host, port = server.server_address[:2]
@@ -51,11 +52,16 @@ class HttpSink:
         headers: Mapping[str, str] | None = None,
         delay: float = 0.0,
         trickle: float = 0.0,
+        path: str | None = None,
     ) -> None:
-        """Queue the answer to the next request."""
+        """Queue the answer to the next request (to ``path`` only, if given: for
+        requests that arrive in no fixed order)."""
         data = body.encode() if isinstance(body, str) else body
         with self._lock:
-            self._replies.append(
+            queue = (
+                self._replies if path is None else self._replies_by_path.setdefault(path, deque())
+            )
+            queue.append(
                 SinkReply(
                     status=status,
                     body=data,
@@ -68,6 +74,9 @@ class HttpSink:
     def _take(self, request: SinkRequest) -> SinkReply:
         with self._lock:
             self.requests.append(request)
+            for_path = self._replies_by_path.get(request.path)
+            if for_path:
+                return for_path.popleft()
             return self._replies.popleft() if self._replies else SinkReply()
 
 

@@ -24,12 +24,11 @@ from channels_delivery.services.delivery import (
 from channels_delivery.services.integrations import integration_create
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
+from tests.channels_delivery.conftest import Published
 from tests.channels_delivery.sinks import HttpSink, http_sink
 from tests.channels_delivery.test_email_provider import Sink, start_server
 
 pytestmark = pytest.mark.django_db
-
-Published = list[tuple[str, list[str], float]]
 
 
 @pytest.fixture(autouse=True)
@@ -42,20 +41,6 @@ def _loopback_allowed(settings: Any) -> None:
 def schema(tenant_a: Tenant) -> Iterator[Tenant]:
     with tenant_context(tenant_a):
         yield tenant_a
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> Published:
-    """What is published to the delivery queue: (schema, message ids, countdown)."""
-    from channels_delivery.services import dispatch
-
-    sent: Published = []
-    monkeypatch.setattr(
-        dispatch,
-        "publish_to_delivery",
-        lambda schema, ids, countdown=0.0: sent.append((schema, list(ids), countdown)),
-    )
-    return sent
 
 
 @pytest.fixture

@@ -28,30 +28,15 @@ from rules_engine.services.pipeline import event_process
 from rules_engine.services.rules import rule_create
 from rules_engine.services.templates import template_create
 from tenants.models import Tenant
+from tests.channels_delivery.conftest import Published
 from tests.channels_delivery.sinks import HttpSink, http_sink
 
 pytestmark = pytest.mark.django_db
-
-Published = list[tuple[str, list[str], float]]
 
 
 @pytest.fixture(autouse=True)
 def _loopback_allowed(settings: Any) -> None:
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> Published:
-    """What is published to the delivery queue: (schema, message ids, countdown)."""
-    from channels_delivery.services import dispatch
-
-    sent: Published = []
-    monkeypatch.setattr(
-        dispatch,
-        "publish_to_delivery",
-        lambda schema, ids, countdown=0.0: sent.append((schema, list(ids), countdown)),
-    )
-    return sent
 
 
 @pytest.fixture
@@ -108,7 +93,9 @@ def test_a_failed_publish_is_logged_not_raised(
 ) -> None:
     from channels_delivery.services import dispatch
 
-    def broker_down(schema: str, ids: list[str], countdown: float = 0.0) -> None:
+    def broker_down(
+        schema: str, ids: list[str], countdown: float = 0.0, slow_lane: bool = False
+    ) -> None:
         raise ConnectionError("broker down")
 
     monkeypatch.setattr(dispatch, "publish_to_delivery", broker_down)

@@ -195,12 +195,21 @@ def test_archive_moves_a_message_out_of_the_inbox_and_back(inbox_a: Inbox) -> No
     assert inbox_a.reload(kept).archived_at is None
 
 
-def test_marking_does_not_touch_the_delivery_status(inbox_a: Inbox) -> None:
-    message = inbox_a.message(inbox_a.subscriber("ada"), status=MessageStatus.DELIVERED)
+def test_reading_makes_a_delivered_message_read_and_nothing_else_moves_it(
+    inbox_a: Inbox,
+) -> None:
+    ada = inbox_a.subscriber("ada")
+    message = inbox_a.message(ada, status=MessageStatus.DELIVERED)
+    archived_first = inbox_a.message(ada, status=MessageStatus.DELIVERED)
     client = inbox_a.client("ada")
+    client.post(f"{URL}/{archived_first.id}/archive")
+    assert inbox_a.reload(archived_first).status == MessageStatus.DELIVERED
     client.post(f"{URL}/{message.id}/read")
-    client.post(f"{URL}/{message.id}/archive")
-    assert inbox_a.reload(message).status == MessageStatus.DELIVERED
+    assert inbox_a.reload(message).status == MessageStatus.READ
+    # Read is where it stays: marking it unread changes read_at, not the history.
+    client.post(f"{URL}/{message.id}/unread")
+    reloaded = inbox_a.reload(message)
+    assert (reloaded.status, reloaded.read_at) == (MessageStatus.READ, None)
 
 
 def test_a_subscriber_the_tenant_never_created_has_an_empty_inbox(inbox_a: Inbox) -> None:

@@ -1,0 +1,27 @@
+"""Fixtures shared by the delivery tests."""
+
+import pytest
+
+
+class Published(list[tuple[str, list[str], float]]):
+    """What was published to the delivery queue: (schema, message ids, countdown)
+    for the fast lane; ``slow`` holds the same for the slow lane."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow: list[tuple[str, list[str], float]] = []
+
+    def record(
+        self, schema: str, ids: list[str], countdown: float = 0.0, slow_lane: bool = False
+    ) -> None:
+        (self.slow if slow_lane else self).append((schema, list(ids), countdown))
+
+
+@pytest.fixture
+def delivered(monkeypatch: pytest.MonkeyPatch) -> Published:
+    """Publishing to the delivery queues, recorded instead of sent."""
+    from channels_delivery.services import dispatch
+
+    sent = Published()
+    monkeypatch.setattr(dispatch, "publish_to_delivery", sent.record)
+    return sent
