@@ -32,7 +32,13 @@ from rules_engine.models import EventType, Layout, Rule, Template
 from rules_engine.rule_options import VERSIONED_FIELDS
 from rules_engine.selectors.rules import rule_versions_current, rules_using_template
 from rules_engine.selectors.templates import template_versions_current, templates_using_layout
-from rules_engine.services.event_types import EVENT_TYPE_KEY, event_type_delete, event_type_save
+from rules_engine.services.event_types import (
+    EVENT_TYPE_KEY,
+    RESERVED_EVENT_KEY_MESSAGE,
+    RESERVED_EVENT_KEYS,
+    event_type_delete,
+    event_type_save,
+)
 from rules_engine.services.rules import rule_create, rule_definition_clean, rule_delete, rule_update
 from rules_engine.services.subscribers import InvalidInput
 from rules_engine.services.templates import (
@@ -216,6 +222,8 @@ class EventTypeAdminForm(forms.ModelForm):
             raise forms.ValidationError(
                 "Use 1 to 200 letters, digits and . _ : -, starting with a letter or digit."
             )
+        if key in RESERVED_EVENT_KEYS:
+            raise forms.ValidationError(RESERVED_EVENT_KEY_MESSAGE.format(key=key))
         return key
 
     def clean_payload_schema(self) -> Any:

@@ -25,6 +25,7 @@ from herald.api import FieldErrorOut, ProblemOut, require_scope
 from herald.limits import QuotaExceeded, quota_exceeded_response
 from herald.problems import FieldError, field_errors_out, problem_response
 from rules_engine.selectors.events import event_get
+from rules_engine.services.event_types import RESERVED_EVENT_KEY_MESSAGE, RESERVED_EVENT_KEYS
 from rules_engine.services.events import (
     EventDraft,
     EventRejected,
@@ -90,6 +91,13 @@ class EventIn(BaseModel):
         default=None, description="Deliver at this time instead of now (with a UTC offset)."
     )
     tenant_data: dict[str, Any] | None = None
+
+    @field_validator("event")
+    @classmethod
+    def event_not_reserved(cls, value: str) -> str:
+        if value in RESERVED_EVENT_KEYS:
+            raise ValueError(RESERVED_EVENT_KEY_MESSAGE.format(key=value))
+        return value
 
     @field_validator("send_at")
     @classmethod

@@ -12,6 +12,15 @@ from tenants.db import tenant_connection
 
 # The key POST /events accepts for "event".
 EVENT_TYPE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+# Herald's own status callbacks (channels_delivery.models.CallbackType): a webhook
+# endpoint subscribes to them by name, so no event may be called the same.
+RESERVED_EVENT_KEYS = frozenset(
+    {"message.sent", "message.delivered", "message.failed", "message.read", "endpoint.disabled"}
+)
+RESERVED_EVENT_KEY_MESSAGE = (
+    "{key!r} is reserved for Herald's status callbacks to webhook endpoints; "
+    "name the event type otherwise"
+)
 
 
 class EventTypeInvalid(ValueError):
@@ -42,6 +51,8 @@ def event_type_save(
             "must be 1 to 200 characters of letters, digits and . _ : / -, "
             "starting with a letter or digit",
         )
+    if key in RESERVED_EVENT_KEYS:
+        raise EventTypeInvalid("key", RESERVED_EVENT_KEY_MESSAGE.format(key=key))
     if payload_schema is not None:
         try:
             payload_schema_check(payload_schema)

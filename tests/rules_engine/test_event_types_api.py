@@ -121,6 +121,7 @@ def test_a_new_schema_applies_to_events_at_once(api_a: ApiClient, tenant_a: Tena
         ("ok", {"sample_payload": [1]}, "/sample_payload"),
         ("ok", {"name": "x" * 201}, "/name"),
         ("ok", {"surprise": 1}, "/surprise"),
+        ("endpoint.disabled", {}, "/key"),  # a status callback's name
     ],
 )
 def test_put_refuses_invalid_input(

@@ -119,6 +119,7 @@ def test_scheduled_event_waits_for_its_time(
         ({}, "/event"),
         ({"event": ""}, "/event"),
         ({"event": "has space"}, "/event"),
+        ({"event": "message.failed"}, "/event"),  # a status callback's name
         ({"event": "x", "to": "u-1"}, "/to"),
         ({"event": "x", "to": [{"id": "u", "email": "nope"}]}, "/to/0"),
         ({"event": "x", "to": [{"id": "u", "phone": "0155512"}]}, "/to/0"),
