@@ -12,10 +12,12 @@ Redirects are never followed (a 3xx is the answer), response bodies are read
 up to a cap, and every exchange is bounded in time.
 """
 
+import functools
 import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +33,12 @@ MAX_TIMEOUT_SECONDS = 15.0
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
 SCHEMES = {"http": 80, "https": 443}
+# Connections kept per client (one client per thread and settings): idle ones
+# close after POOL_KEEPALIVE_SECONDS.
+POOL_MAX_CONNECTIONS = 20
+POOL_MAX_KEEPALIVE = 10
+POOL_KEEPALIVE_SECONDS = 5.0
+POOLED_CLIENTS_MAX = 8
 CAPPED_STREAM = "herald_capped_stream"  # response extension: the CappedStream, for .truncated
 
 METADATA_ADDRESSES = {
@@ -315,13 +323,18 @@ class SafeTransport(httpx.HTTPTransport):
         self._max_response_bytes = max_response_bytes
         self._allow_loopback = allow_loopback
         # Replaces the pool httpx built, to give it the checking network backend
-        # (httpx has no public option for it; pinned httpx<0.29, tested).
+        # (httpx has no public option for it; pinned httpx<0.29, tested). Idle
+        # connections are kept briefly, so a worker sending many messages to one
+        # receiver reuses them: each was checked when it was opened.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context or default_ssl_context(),
             http1=True,
             http2=False,
             retries=0,
             network_backend=CheckingBackend(allow_loopback=allow_loopback),
+            max_connections=POOL_MAX_CONNECTIONS,
+            max_keepalive_connections=POOL_MAX_KEEPALIVE,
+            keepalive_expiry=POOL_KEEPALIVE_SECONDS,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -337,6 +350,14 @@ class SafeTransport(httpx.HTTPTransport):
             stream=capped,
             extensions={**response.extensions, CAPPED_STREAM: capped},
         )
+
+
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """The certifi CA bundle, loaded once per process: loading it takes longer
+    than a request to a nearby receiver. An SSLContext is safe to share between
+    threads."""
+    return httpx.create_ssl_context(trust_env=False)
 
 
 def _timeout_checked(timeout: float) -> float:
@@ -387,6 +408,32 @@ def safe_client(
     )
 
 
+_clients = threading.local()
+
+
+def _pooled_client(
+    *, timeout: float, max_response_bytes: int, allow_loopback: bool
+) -> httpx.Client:
+    """This thread's client for these settings, kept so that its connections are
+    reused (threads: a webhook fan-out sends from several at once)."""
+    clients: dict[tuple[float, int, bool], httpx.Client] | None = getattr(
+        _clients, "by_settings", None
+    )
+    if clients is None:
+        clients = _clients.by_settings = {}
+    key = (timeout, max_response_bytes, allow_loopback)
+    client = clients.get(key)
+    if client is None:
+        if len(clients) >= POOLED_CLIENTS_MAX:
+            for stale in clients.values():
+                stale.close()
+            clients.clear()
+        client = clients[key] = safe_client(
+            timeout=timeout, max_response_bytes=max_response_bytes, allow_loopback=allow_loopback
+        )
+    return client
+
+
 def safe_request(
     *,
     method: str,
@@ -403,25 +450,28 @@ def safe_request(
     for network failures (timeouts, refused connections).
     """
     limit = _max_response_bytes(max_response_bytes)
-    with safe_client(
-        timeout=timeout, max_response_bytes=limit, allow_loopback=allow_loopback
-    ) as client:
-        request = client.build_request(method, url, headers=headers, content=content)
-        response = client.send(request, stream=True)
-        try:
-            body = bytearray()
-            cut = False
-            for chunk in response.iter_bytes():
-                room = limit - len(body)
-                if len(chunk) > room:
-                    body += chunk[:room]
-                    cut = True
-                    break
-                body += chunk
-            capped = response.extensions.get(CAPPED_STREAM)
-            cut = cut or (isinstance(capped, CappedStream) and capped.truncated)
-        finally:
-            response.close()
+    client = _pooled_client(
+        timeout=_timeout_checked(timeout),
+        max_response_bytes=limit,
+        allow_loopback=_loopback_allowed(allow_loopback),
+    )
+    # The client stays open: the next request of this thread reuses its connections.
+    request = client.build_request(method, url, headers=headers, content=content)
+    response = client.send(request, stream=True)
+    try:
+        body = bytearray()
+        cut = False
+        for chunk in response.iter_bytes():
+            room = limit - len(body)
+            if len(chunk) > room:
+                body += chunk[:room]
+                cut = True
+                break
+            body += chunk
+        capped = response.extensions.get(CAPPED_STREAM)
+        cut = cut or (isinstance(capped, CappedStream) and capped.truncated)
+    finally:
+        response.close()
     return SafeResponse(
         status_code=response.status_code,
         headers=dict(response.headers),

@@ -20,6 +20,7 @@ that answers 410 Gone is disabled and no longer counts against the message.
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -410,6 +411,23 @@ def _endpoints_accepted(*, message_id: uuid.UUID) -> set[int]:
     return {int(mark.removeprefix(ENDPOINT_MARK)) for mark in marks}
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+
+
+def _fanout_pool() -> ThreadPoolExecutor:
+    """The threads that POST a webhook to several endpoints at once: one pool per
+    process (made after a prefork worker forks), kept so that their HTTP
+    connections are reused."""
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
+        _pool = ThreadPoolExecutor(
+            max_workers=settings.HERALD_WEBHOOK_FANOUT_CONCURRENCY, thread_name_prefix="webhook"
+        )
+        _pool_pid = os.getpid()
+    return _pool
+
+
 def _endpoints_owed(message: Message) -> list[WebhookEndpoint]:
     """The enabled endpoints that receive the message's event type and have not
     accepted it yet."""
@@ -465,12 +483,10 @@ def _send_webhook(
         endpoint, label, rendered = pending[0]
         outcomes[endpoint.pk] = post(rendered, label)
     elif pending:
-        workers = min(len(pending), settings.HERALD_WEBHOOK_FANOUT_CONCURRENCY)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
-            futures = {
-                endpoint.pk: pool.submit(post, rendered, label)
-                for endpoint, label, rendered in pending
-            }
+        pool = _fanout_pool()
+        futures = {
+            endpoint.pk: pool.submit(post, rendered, label) for endpoint, label, rendered in pending
+        }
         outcomes = {pk: future.result() for pk, future in futures.items()}
     sends = []
     for endpoint, _label, _rendered_message, refused in calls:
