@@ -206,6 +206,8 @@ def unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
 def _register_routers() -> None:
     from channels_delivery.api import router as messages
     from channels_delivery.api_inbox import router as inbox
+    from channels_delivery.api_integrations import router as integrations
+    from channels_delivery.api_webhooks import router as webhook_endpoints
     from rules_engine.api.event_types import router as event_types
     from rules_engine.api.events import router as events
     from rules_engine.api.preferences import defaults_router as preference_defaults
@@ -227,6 +229,8 @@ def _register_routers() -> None:
     api.add_router("/rules", rules)
     api.add_router("/templates", templates)
     api.add_router("/layouts", layouts)
+    api.add_router("/integrations", integrations)
+    api.add_router("/webhook-endpoints", webhook_endpoints)
 
 
 class ProblemOut(Schema):
