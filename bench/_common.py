@@ -784,3 +784,134 @@ def profile_categories(
             else:
                 counts["other"] += count
     return total, counts
+
+
+# --- Supervised processes and their memory ------------------------------------------------
+
+
+def wait_for_quiet(max_wait: float, *, busy_below: float) -> float:
+    """Wait (up to ``max_wait`` s) until the machine is less than ``busy_below``% busy;
+    returns the last busy percentage seen."""
+    deadline = time.monotonic() + max_wait
+    busy = cpu_busy_percent(2.0)
+    while busy >= busy_below and time.monotonic() < deadline:
+        say(f"machine {busy:.0f}% busy (others' work); waiting for it to calm down")
+        time.sleep(8.0)
+        busy = cpu_busy_percent(2.0)
+    return busy
+
+
+def git_state() -> str:
+    """The commit, and whether the application code differs from it."""
+    try:
+        commit = run(["git", "rev-parse", "--short", "HEAD"], timeout=10).stdout.strip()
+        changed = run(["git", "status", "--porcelain"], timeout=30).stdout.splitlines()
+    except (BenchError, OSError):
+        return "unknown"
+    app = [line for line in changed if not line[3:].startswith(("bench/", "docs/"))]
+    if not app:
+        return f"commit {commit}"
+    return f"commit {commit} plus uncommitted changes to {len(app)} application paths"
+
+
+def process_children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (a prefork pool's processes, gunicorn's workers)."""
+    with contextlib.suppress(OSError):
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    return []
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """The process's peak resident set size (VmHWM) in KiB; None once it is gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+class Supervised:
+    """A long-running child (a Celery worker, a sink) in its own process group,
+    its output in ``log_path``. As a context manager it is stopped however the
+    block ends: SIGTERM to the group, SIGKILL to what is left after ``grace``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        command: Sequence[str],
+        env: dict[str, str],
+        log_path: Path,
+        grace: float = 15.0,
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.env = env
+        self.log_path = log_path
+        self.grace = grace
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Supervised:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> None:
+        say(f"starting {self.name}: {' '.join(self.command[1:])}")
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
+                self.command,
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def wait_for_log(self, marker: str, *, timeout: float = 60.0) -> None:
+        """Wait until ``marker`` appears in the output (a worker's "ready.")."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(OSError):
+                if marker in self.log_path.read_text(errors="replace"):
+                    return
+            time.sleep(0.2)
+        raise BenchError(
+            f"{self.name} did not log {marker!r} within {timeout:g} s:\n{self.log_tail()}"
+        )
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            status = self.process.returncode if self.process else None
+            raise BenchError(f"{self.name} is not running (status {status}):\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            say(f"{self.name} did not stop in time; killing it")
+        # Pool children are in the group even if the leader already exited.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        say(f"{self.name} stopped")

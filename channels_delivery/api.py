@@ -1,18 +1,21 @@
-"""/api/v1/messages: what Herald delivered, to whom, and every attempt it made."""
+"""/api/v1/messages: what Herald delivered, to whom, and every attempt it made;
+and the replay of a failed webhook message (admin scope)."""
 
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from django.http import Http404, HttpRequest
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 from pydantic import Field
 
 from channels_delivery.catalogue import Channel
 from channels_delivery.models import AttemptOutcome, Message, MessageStatus
 from channels_delivery.selectors import message_get, message_list
+from channels_delivery.services.webhooks import ReplayRefused, webhook_message_replay
 from herald.api import ProblemOut, require_scope
 from herald.pagination import DEFAULT_LIMIT, MAX_LIMIT, cursor_paginate
+from herald.problems import problem_response
 from tenants.models import ApiScope
 
 router = Router(tags=["messages"])
@@ -120,3 +123,26 @@ def message_read(request: HttpRequest, message_id: str) -> dict[str, Any]:
             for attempt in message.attempts.all()
         ],
     }
+
+
+@router.post(
+    "/{message_id}/replay",
+    response={202: MessageOut, 403: ProblemOut, 404: ProblemOut, 409: ProblemOut},
+    summary="Replay a failed webhook message",
+)
+def message_replay(request: HttpRequest, message_id: str) -> Any:
+    """Queue a failed webhook message again, with a fresh retry schedule: it goes
+    to the enabled endpoints that receive its event type and have not accepted it
+    yet, and its earlier attempts are kept. Any other message (another channel,
+    or a webhook message that did not fail) is `409 not-replayable`, saying why."""
+    require_scope(request, ApiScope.ADMIN)
+    message = message_get(message_id=message_id)
+    if message is None:
+        raise Http404(f"No message {message_id} in this tenant.")
+    try:
+        replayed = webhook_message_replay(message_id=message.pk)
+    except ReplayRefused as refused:
+        return problem_response(
+            status=409, slug="not-replayable", title="Not replayable", detail=f"{refused}."
+        )
+    return Status(202, _message_out(replayed))

@@ -16,10 +16,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
 from pydantic import ConfigDict
 
-from channels_delivery.catalogue import Channel
+from channels_delivery.catalogue import BUILT_IN_CHANNELS, Channel
 from channels_delivery.models import Integration
 from channels_delivery.providers.base import ConfigInvalid, provider_get, providers_for
-from channels_delivery.services.delivery import BUILT_IN
 from channels_delivery.services.integrations import (
     NAME_MAX_LENGTH,
     RATE_LIMIT_MAX,
@@ -71,14 +70,6 @@ CONFIG_DESCRIPTION = (
 
 def require_admin(request: HttpRequest) -> None:
     require_scope(request, ApiScope.ADMIN)
-
-
-def config_fields_of(channel: str, key: str) -> list[str]:
-    """Every field the provider's config takes. Providers declare them as
-    ``known_fields`` or ``fields``; one that takes no config declares neither."""
-    provider = type(provider_get(channel=channel, key=key))
-    declared = getattr(provider, "known_fields", None) or getattr(provider, "fields", None)
-    return sorted(declared or ())
 
 
 def config_invalid_response(invalid: ConfigInvalid) -> HttpResponse:
@@ -214,7 +205,7 @@ def _provider_out(channel: str, key: str) -> dict[str, Any]:
     return {
         "key": key,
         "description": inspect.cleandoc(provider.__doc__ or ""),
-        "config_fields": config_fields_of(channel, key),
+        "config_fields": sorted(provider.config_fields),
         "secret_fields": sorted(provider.secret_fields),
     }
 
@@ -230,9 +221,9 @@ def integrations_providers(request: HttpRequest) -> Any:
             {
                 "channel": channel.value,
                 "name": channel.label,
-                "built_in": channel in BUILT_IN,
+                "built_in": channel in BUILT_IN_CHANNELS,
                 "providers": []
-                if channel in BUILT_IN
+                if channel in BUILT_IN_CHANNELS
                 else [_provider_out(channel.value, key) for key in providers_for(channel.value)],
             }
             for channel in Channel
@@ -263,14 +254,10 @@ def integrations_list(request: HttpRequest, query: Query[IntegrationListQuery]) 
 )
 def integrations_create(request: HttpRequest, body: IntegrationIn) -> Any:
     """Create an integration after its provider checked the config; every bad
-    field is named (under /config for the provider's). A name the channel has
+    field is named (under /config for the provider's), and a channel Herald
+    delivers itself (in_app, push, webhook) at /channel. A name the channel has
     already: 409."""
     require_admin(request)
-    if body.channel in BUILT_IN:
-        detail = f"the {body.channel.value} channel is built in and takes no integration"
-        if body.channel == Channel.WEBHOOK:
-            detail += "; add webhook endpoints at /api/v1/webhook-endpoints"
-        return validation_problem([FieldError(pointer="/channel", detail=detail)])
     try:
         integration = integration_create(
             channel=body.channel.value,

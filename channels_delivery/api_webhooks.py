@@ -7,16 +7,18 @@ rotation, and an admin may read the current one again at
 it. A rotation keeps the previous secret signing next to the new one for a
 while (HERALD_WEBHOOK_SECRET_OVERLAP_HOURS), so receivers switch without
 missing a delivery. A URL is checked against the SSRF guard when saved.
+``POST /webhook-endpoints/{id}/replay`` sends again what failed there since a
+time, once the receiver is fixed.
 """
 
-import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
+from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
-from pydantic import ConfigDict
+from pydantic import AwareDatetime, ConfigDict
 
 from channels_delivery.models import WebhookEndpoint
 from channels_delivery.providers.base import ConfigInvalid
@@ -26,19 +28,20 @@ from channels_delivery.services.webhooks import (
     SECRET_PREFIX,
     URL_MAX_LENGTH,
     endpoint_create,
+    endpoint_delete,
     endpoint_disable,
+    endpoint_get,
     endpoint_secret,
     endpoint_secret_rotate,
     endpoint_update,
+    endpoints_list,
+    webhook_messages_replay_failed,
 )
 from herald.api import ProblemOut, ValidationProblemOut, principal_of, require_scope
-from herald.pagination import Page, cursor_paginate
-from herald.problems import FieldError, json_pointer, validation_problem
+from herald.problems import FieldError, json_pointer, problem_response, validation_problem
 from rules_engine.api.event_types import not_nullable
 from rules_engine.api.subscribers import PageQuery
 from tenants.models import ApiScope
-
-logger = logging.getLogger(__name__)
 
 router = Router(tags=["webhook endpoints"])
 
@@ -51,6 +54,9 @@ EVENT_TYPES_DESCRIPTION = (
     f"message.failed, message.read, endpoint.disabled), this endpoint receives; "
     f"empty: every event type. At most {EVENT_TYPES_MAX}."
 )
+# How far back a replay may reach: attempts and callbacks older than this are
+# not worth sending again, and the bound keeps one request's work in proportion.
+REPLAY_MAX_DAYS = 30
 SECRET_DESCRIPTION = (
     f"A signing secret of your own: {SECRET_PREFIX!r} followed by the standard base64 of "
     "24 to 64 random bytes. Left out: Herald generates one."
@@ -70,32 +76,8 @@ def config_invalid_response(invalid: ConfigInvalid) -> HttpResponse:
     )
 
 
-# --- reads and the delete (services.webhooks has none yet) ------------------------
-
-
-def _endpoint_get(*, endpoint_id: int) -> WebhookEndpoint | None:
-    return WebhookEndpoint.objects.filter(pk=endpoint_id).first()
-
-
-def _endpoint_list(*, enabled: bool | None, cursor: str | None, limit: int) -> Page[Any]:
-    endpoints = WebhookEndpoint.objects.all()
-    if enabled is not None:
-        endpoints = endpoints.filter(enabled=enabled)
-    return cursor_paginate(
-        endpoints, field="created_at", cursor=cursor, limit=limit, descending=False
-    )
-
-
-def _endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
-    """Its status callbacks go with it; messages already sent to it keep their
-    attempts, and a delivery under way finds the endpoint gone and skips it."""
-    pk = endpoint.pk
-    endpoint.delete()
-    logger.info("webhook endpoint %s deleted", pk)
-
-
 def _endpoint_or_404(endpoint_id: int) -> WebhookEndpoint:
-    endpoint = _endpoint_get(endpoint_id=endpoint_id)
+    endpoint = endpoint_get(endpoint_id=endpoint_id)
     if endpoint is None:
         raise Http404(f"No webhook endpoint {endpoint_id} in this tenant.")
     return endpoint
@@ -139,6 +121,22 @@ class RotateIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     secret: str | None = Field(default=None, description=SECRET_DESCRIPTION)
+
+
+class ReplayIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime = Field(
+        description=f"Replay what failed at or after this time: ISO 8601 with a UTC offset, "
+        f"at most {REPLAY_MAX_DAYS} days ago and not in the future."
+    )
+
+
+class ReplayedOut(Schema):
+    replayed: int = Field(
+        description="How many failed webhook messages were queued again (failed status "
+        "callbacks to the endpoint are queued again too, and not counted here)."
+    )
 
 
 class EndpointOut(Schema):
@@ -207,10 +205,10 @@ def _endpoint_out(endpoint: WebhookEndpoint) -> dict[str, Any]:
     response={200: EndpointPageOut, 400: ProblemOut, 422: ValidationProblemOut},
     summary="List webhook endpoints",
 )
-def endpoints_list(request: HttpRequest, query: Query[EndpointListQuery]) -> Any:
+def endpoints_page(request: HttpRequest, query: Query[EndpointListQuery]) -> Any:
     """Endpoints, oldest first, a page at a time, with their health; `enabled` filters."""
     require_admin(request)
-    found = _endpoint_list(enabled=query.enabled, cursor=query.cursor, limit=query.limit)
+    found = endpoints_list(enabled=query.enabled, cursor=query.cursor, limit=query.limit)
     return {
         "items": [_endpoint_out(endpoint) for endpoint in found.items],
         "next_cursor": found.next_cursor,
@@ -297,7 +295,7 @@ def endpoints_delete(request: HttpRequest, endpoint_id: int) -> Any:
     """Delete the endpoint; nothing more is sent to it. Messages already sent to
     it keep their attempts."""
     require_admin(request)
-    _endpoint_delete(endpoint=_endpoint_or_404(endpoint_id))
+    endpoint_delete(endpoint=_endpoint_or_404(endpoint_id))
     return Status(204, None)
 
 
@@ -333,3 +331,55 @@ def endpoints_secret_read(request: HttpRequest, endpoint_id: int) -> Any:
     """The current signing secret, to configure the receiver with."""
     require_admin(request)
     return {"secret": endpoint_secret(endpoint=_endpoint_or_404(endpoint_id))}
+
+
+def _since_errors(since: datetime, now: datetime) -> list[FieldError]:
+    try:
+        in_utc = since.astimezone(UTC)
+    except OverflowError:
+        return [FieldError(pointer="/since", detail="is out of range")]
+    if in_utc > now:
+        return [FieldError(pointer="/since", detail="may not be in the future")]
+    if in_utc < now - timedelta(days=REPLAY_MAX_DAYS):
+        return [
+            FieldError(
+                pointer="/since",
+                detail=f"may be at most {REPLAY_MAX_DAYS} days ago (not before "
+                f"{now - timedelta(days=REPLAY_MAX_DAYS):%Y-%m-%dT%H:%M:%SZ})",
+            )
+        ]
+    return []
+
+
+@router.post(
+    "/{endpoint_id}/replay",
+    response={
+        202: ReplayedOut,
+        404: ProblemOut,
+        409: ProblemOut,
+        422: ValidationProblemOut,
+    },
+    summary="Replay what failed at a webhook endpoint",
+)
+def endpoints_replay(request: HttpRequest, endpoint_id: int, body: ReplayIn) -> Any:
+    """Queue again, with a fresh retry schedule, every webhook message that failed
+    at or after `since` and was tried at this endpoint, and the status callbacks
+    to it that failed since then. A message goes to the endpoints that have not
+    accepted it yet, so receivers that had it are not sent it twice. A disabled
+    endpoint is `409 endpoint-disabled`: enable it first."""
+    require_admin(request)
+    endpoint = _endpoint_or_404(endpoint_id)
+    errors = _since_errors(body.since, timezone.now())
+    if errors:
+        return validation_problem(errors)
+    if not endpoint.enabled:
+        return problem_response(
+            status=409,
+            slug="endpoint-disabled",
+            title="Endpoint disabled",
+            detail=f"Webhook endpoint {endpoint.pk} is disabled "
+            f"({endpoint.disabled_reason or 'no reason recorded'}), so nothing would reach it; "
+            "enable it (PATCH enabled: true), then replay.",
+        )
+    replayed = webhook_messages_replay_failed(since=body.since, endpoint_id=endpoint.pk)
+    return Status(202, {"replayed": replayed})

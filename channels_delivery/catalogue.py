@@ -10,3 +10,8 @@ class Channel(models.TextChoices):
     CHAT = "chat", "Chat"
     IN_APP = "in_app", "In-app inbox"
     PUSH = "push", "Web push"
+
+
+# Channels Herald delivers itself: they take no tenant integration (the delivery
+# core names the provider of each in services.delivery.BUILT_IN).
+BUILT_IN_CHANNELS: frozenset[Channel] = frozenset({Channel.IN_APP, Channel.WEBHOOK, Channel.PUSH})

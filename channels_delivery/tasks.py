@@ -10,7 +10,7 @@ import uuid
 from django.db import DatabaseError
 
 from channels_delivery.services.callbacks import callback_deliver
-from channels_delivery.services.delivery import message_deliver
+from channels_delivery.services.delivery import messages_deliver_many
 from herald.celery import app
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ def _uuids(raw_ids: list[str], *, what: str) -> list[uuid.UUID]:
 @app.task(name="channels_delivery.messages_deliver", **RETRY)
 def messages_deliver(message_ids: list[str], slow_lane: bool = False) -> None:
     """``slow_lane``: published to the delivery_slow queue (services.dispatch)."""
-    for message_id in _uuids(message_ids, what="message"):
-        message_deliver(message_id=message_id, slow_lane=slow_lane)
+    ids = _uuids(message_ids, what="message")
+    if ids:
+        messages_deliver_many(message_ids=ids, slow_lane=slow_lane)
 
 
 @app.task(name="channels_delivery.callbacks_deliver", **RETRY)

@@ -190,7 +190,12 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "herald:ws"},
+        # redis-py 8 cuts every read at 5 s by default, exactly channels_redis'
+        # blocking wait for a message: idle consumers would die with a TimeoutError.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+            "prefix": "herald:ws",
+        },
     },
 }
 

@@ -17,7 +17,8 @@ owners can declare them. The document's own shape (paths, security scheme,
 problem+json error responses) is checked by the plain tests at the end.
 
 Before the requests, a few resources are made (a subscriber, a topic, an
-event, a message with a delivery attempt), and some examples use their ids
+event, messages with delivery attempts, an integration, a webhook endpoint),
+and some examples use their ids
 as path parameters, so read, update and delete operations answer with their
 success bodies too, not only with 404s. Every generated request
 runs in a savepoint that is rolled back, so each example starts from the same
@@ -29,6 +30,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -37,6 +39,7 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections, transaction
 from django.test import Client
+from django.utils import timezone
 from django_tenants.utils import tenant_context
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -58,6 +61,10 @@ from tests.conftest import ApiClient
 OPENAPI_URL = "/api/v1/openapi.json"
 # Read by the tenant's frontend with a subscriber hash instead of the bearer key.
 INBOX_SUBSCRIBER_PATHS = "/api/v1/inbox/messages"
+# Replays only a failed webhook message; the other message paths read a delivered one.
+MESSAGE_REPLAY_PATH = "/api/v1/messages/{message_id}/replay"
+# Its body names a time that random generation almost never puts in the allowed window.
+ENDPOINT_REPLAY_PATH = "/api/v1/webhook-endpoints/{endpoint_id}/replay"
 DOCS_URL = "/api/v1/docs"
 PROBLEM_JSON = "application/problem+json"
 # Generated requests per operation: 21 operations x 50 take about 20 s on 2 cores.
@@ -204,6 +211,21 @@ def known_ids(api_a: ApiClient, tenant_a: Tenant) -> dict[str, str]:
             "digest": {"window_seconds": 600},
         },
     )["id"]
+    integration_id = send(
+        "post",
+        "/api/v1/integrations",
+        {
+            "channel": "email",
+            "provider": "smtp",
+            "name": "Seed SMTP",
+            "config": {"host": "smtp.example.com", "from_email": "seed@example.com"},
+        },
+    )["id"]
+    endpoint_id = send(
+        "post",
+        "/api/v1/webhook-endpoints",
+        {"url": "https://93.184.216.34/seed", "event_types": ["seed.watchers"]},
+    )["id"]
     # Messages are made by the pipeline, which runs after commit: made here instead.
     with tenant_context(tenant_a):
         message = Message.objects.create(
@@ -227,6 +249,22 @@ def known_ids(api_a: ApiClient, tenant_a: Tenant) -> dict[str, str]:
             status=MessageStatus.DELIVERED,
             content={"title": "Hello", "body": "Hi Ada", "action_url": "https://example.com/"},
         )
+        # A failed webhook message, for POST /messages/{message_id}/replay to replay.
+        failed_webhook = Message.objects.create(
+            event=Event.objects.get(pk=event_id),
+            subscriber=Subscriber.objects.get(external_id="seed-ada"),
+            channel=Channel.WEBHOOK,
+            status=MessageStatus.FAILED,
+            failed_at=timezone.now(),
+            content={"body": {"seed": True}},
+        )
+        DeliveryAttempt.objects.create(
+            message=failed_webhook,
+            provider="webhook",
+            outcome=AttemptOutcome.PERMANENT,
+            response_status=400,
+            provider_message_id=f"endpoint:{endpoint_id}",
+        )
         inbox_hash = subscriber_hash(secret=inbox_secret_get().secret, external_id="seed-ada")
     return {
         "external_id": "seed-ada",
@@ -234,8 +272,12 @@ def known_ids(api_a: ApiClient, tenant_a: Tenant) -> dict[str, str]:
         "event_id": str(event_id),
         "message_id": str(message.id),
         "inbox_message_id": str(in_app.id),
+        "replayable_message_id": str(failed_webhook.id),
+        "replay_since": (timezone.now() - timedelta(days=1)).isoformat(),
         "inbox_hash": inbox_hash,
         "rule_id": str(rule_id),
+        "integration_id": str(integration_id),
+        "endpoint_id": str(endpoint_id),
         "version": "1",
     }
 
@@ -248,9 +290,20 @@ def _cases(operation: APIOperation, known_ids: dict[str, str]) -> st.SearchStrat
     names = re.findall(r"{([^}]+)}", operation.path)
     if operation.path.startswith(INBOX_SUBSCRIBER_PATHS):
         known_ids = {**known_ids, "message_id": known_ids["inbox_message_id"]}
+    elif operation.path == MESSAGE_REPLAY_PATH:
+        known_ids = {**known_ids, "message_id": known_ids["replayable_message_id"]}
     if names and all(name in known_ids for name in names):
         existing = {name: known_ids[name] for name in names}
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=existing))
+        if operation.path == ENDPOINT_REPLAY_PATH:
+            strategies.append(
+                operation.as_strategy(
+                    GenerationMode.POSITIVE,
+                    path_parameters=existing,
+                    body={"since": known_ids["replay_since"]},
+                    media_type="application/json",
+                )
+            )
     return st.one_of(strategies)
 
 
@@ -336,6 +389,13 @@ def test_document_is_openapi_3_and_lists_every_router(document: dict[str, Any]) 
         "/api/v1/topics/{key}/subscribers/remove",
         "/api/v1/messages",
         "/api/v1/messages/{message_id}",
+        "/api/v1/messages/{message_id}/replay",
+        "/api/v1/integrations",
+        "/api/v1/integrations/providers",
+        "/api/v1/integrations/{integration_id}",
+        "/api/v1/webhook-endpoints",
+        "/api/v1/webhook-endpoints/{endpoint_id}",
+        "/api/v1/webhook-endpoints/{endpoint_id}/replay",
     } <= set(document["paths"])
 
 

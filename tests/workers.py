@@ -38,11 +38,21 @@ def routing_reset() -> None:
 
 @contextmanager
 def celery_worker(
-    *, queues: str, include: Sequence[str] = (), env: Mapping[str, str] | None = None
+    *,
+    queues: str,
+    include: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    output: list[str] | None = None,
+    own_process_group: bool = False,
+    concurrency: int = 1,
 ) -> Iterator[subprocess.Popen[str]]:
     """A worker consuming ``queues`` (comma-separated), started and ready before the
     block and stopped after it. Its output is drained so that it never blocks on
-    a full pipe."""
+    a full pipe; every line is appended to ``output`` if given, so a test can
+    wait for what the worker logged. ``own_process_group``: the worker leads a
+    process group of its own (its pid is the group id), so a test can kill it
+    and its pool children at once with ``os.killpg``. ``concurrency``: its pool
+    processes (prefork)."""
     worker_env = {
         **os.environ,
         "DATABASE_URL": database_url(),
@@ -54,26 +64,35 @@ def celery_worker(
     process = subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "herald.celery:app", "worker",
-            *included, "-Q", queues, "--concurrency", "1",
+            *included, "-Q", queues, "--concurrency", str(concurrency),
             "--without-mingle", "--without-gossip", "--loglevel", "INFO",
         ],
         cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=own_process_group,
     )  # fmt: skip
     assert process.stdout is not None
     deadline = time.monotonic() + WORKER_START_TIMEOUT
-    output: list[str] = []
+    lines: list[str] = []
     while time.monotonic() < deadline:
         line = process.stdout.readline()
-        output.append(line)
+        lines.append(line)
         if " ready." in line:
             break
         if process.poll() is not None:
-            pytest.fail("worker exited:\n" + "".join(output))
+            pytest.fail("worker exited:\n" + "".join(lines))
     else:
         process.kill()
-        pytest.fail("worker did not start in time:\n" + "".join(output))
+        pytest.fail("worker did not start in time:\n" + "".join(lines))
     stream = process.stdout
-    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+    if output is not None:
+        output.extend(lines)
+
+    def drain() -> None:
+        for line in stream:
+            if output is not None:
+                output.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
     try:
         yield process
     finally:

@@ -59,7 +59,9 @@ class ConfigInvalid(ValueError):
 class Provider(Protocol):
     channel: ClassVar[str]  # a channels_delivery.catalogue.Channel value
     key: ClassVar[str]  # unique per channel, e.g. "smtp", "twilio"
-    secret_fields: ClassVar[frozenset[str]]  # config fields stored encrypted, never shown
+    # Every field the config takes, the secret ones included (the API lists them).
+    config_fields: ClassVar[frozenset[str]]
+    secret_fields: ClassVar[frozenset[str]]  # those of them stored encrypted, never shown
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The config, normalised; raises ConfigInvalid naming each bad field."""

@@ -78,6 +78,7 @@ class SlackProvider:
     key: ClassVar[str] = "slack"
     secret_fields: ClassVar[frozenset[str]] = frozenset()
     known_fields: ClassVar[frozenset[str]] = frozenset({"timeout"})
+    config_fields: ClassVar[frozenset[str]] = known_fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return timeout_checked(config, known=self.known_fields)
@@ -109,6 +110,7 @@ class DiscordProvider:
     key: ClassVar[str] = "discord"
     secret_fields: ClassVar[frozenset[str]] = frozenset()
     known_fields: ClassVar[frozenset[str]] = frozenset({"timeout"})
+    config_fields: ClassVar[frozenset[str]] = known_fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return timeout_checked(config, known=self.known_fields)

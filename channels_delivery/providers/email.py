@@ -283,6 +283,7 @@ class SmtpProvider:
     fields: ClassVar[frozenset[str]] = frozenset(
         {"host", "port", "username", "password", "security", "from_email", "reply_to", "timeout"}
     )
+    config_fields: ClassVar[frozenset[str]] = fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         errors: dict[str, str] = {}
@@ -415,6 +416,7 @@ class ConsoleProvider:
     key: ClassVar[str] = "console"
     secret_fields: ClassVar[frozenset[str]] = frozenset()
     fields: ClassVar[frozenset[str]] = frozenset({"from_email", "reply_to"})
+    config_fields: ClassVar[frozenset[str]] = fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         if getattr(settings, "IS_PRODUCTION", False):

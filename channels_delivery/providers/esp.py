@@ -384,6 +384,7 @@ class AnymailProvider:
     fields: ClassVar[frozenset[str]] = frozenset(
         {"esp", "api_key", "secret_key", "from_email", "reply_to", "api_url", "timeout"}
     )
+    config_fields: ClassVar[frozenset[str]] = fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         errors: dict[str, str] = {

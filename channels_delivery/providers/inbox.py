@@ -26,6 +26,7 @@ class InboxProvider:
 
     channel: ClassVar[str] = Channel.IN_APP.value
     key: ClassVar[str] = "inbox"
+    config_fields: ClassVar[frozenset[str]] = frozenset()
     secret_fields: ClassVar[frozenset[str]] = frozenset()
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -286,6 +286,7 @@ class WebPushProvider:
 
     channel: ClassVar[str] = Channel.PUSH.value
     key: ClassVar[str] = "webpush"
+    config_fields: ClassVar[frozenset[str]] = frozenset()
     secret_fields: ClassVar[frozenset[str]] = frozenset()
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:

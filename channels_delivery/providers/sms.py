@@ -300,6 +300,7 @@ class HttpGatewayProvider:
         {"url", "method", "auth", "token", "username", "password", "body_format"}
         | {"fields", "from", "message_id_field", "timeout"}
     )
+    config_fields: ClassVar[frozenset[str]] = known_fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         errors = _unknown_fields(config, self.known_fields)
@@ -422,6 +423,7 @@ class TwilioProvider:
     known_fields: ClassVar[frozenset[str]] = frozenset(
         {"account_sid", "auth_token", "from", "messaging_service_sid", "base_url", "timeout"}
     )
+    config_fields: ClassVar[frozenset[str]] = known_fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         errors = _unknown_fields(config, self.known_fields)

@@ -76,6 +76,7 @@ class WebhookProvider:
     key: ClassVar[str] = "webhook"
     secret_fields: ClassVar[frozenset[str]] = frozenset()
     known_fields: ClassVar[frozenset[str]] = frozenset({"timeout"})
+    config_fields: ClassVar[frozenset[str]] = known_fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return timeout_checked(config, known=self.known_fields)

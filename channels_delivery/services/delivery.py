@@ -25,12 +25,13 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from channels_delivery.catalogue import Channel
@@ -52,7 +53,7 @@ from channels_delivery.providers.base import (
 )
 from channels_delivery.retry import FAILOVER_AFTER_RETRYABLE, Action, Decision, decide
 from channels_delivery.services.callbacks import message_callbacks_emit
-from channels_delivery.services.dispatch import messages_enqueue
+from channels_delivery.services.dispatch import messages_due, messages_enqueue
 from channels_delivery.services.inbox import inbox_notify
 from channels_delivery.services.integrations import integration_config, integrations_for
 from channels_delivery.services.webhooks import (
@@ -130,6 +131,25 @@ def _move(message: Message, *, to: str, now: datetime, **fields: Any) -> None:
     message_callbacks_emit(message=message, status=to, now=now)
 
 
+def _move_many(messages: Sequence[Message], *, to: str, now: datetime, **fields: Any) -> None:
+    """``_move`` for messages the caller holds locked, in one statement."""
+    for message in messages:
+        if not transition_allowed(current=message.status, to=to):
+            raise TransitionRefused(message_id=message.id, current=message.status, to=to)
+    stamp = STAMPS.get(to)
+    if stamp and stamp not in fields:
+        fields[stamp] = now
+    Message.objects.filter(pk__in=[message.pk for message in messages]).update(
+        status=to, updated_at=now, **fields
+    )
+    for message in messages:
+        message.status = to
+        message.updated_at = now
+        for name, value in fields.items():
+            setattr(message, name, value)
+        message_callbacks_emit(message=message, status=to, now=now)
+
+
 def message_transition(
     *, message_id: uuid.UUID, to: str, now: datetime | None = None, **fields: Any
 ) -> Message:
@@ -160,43 +180,66 @@ def message_deliver(
     *, message_id: uuid.UUID, now: datetime | None = None, slow_lane: bool = False
 ) -> DeliveryReport:
     """Try to deliver one message, if it is queued and due; a no-op otherwise, so a
-    message sent once is never sent again however often it is published.
+    message sent once is never sent again however often it is published."""
+    return messages_deliver_many(message_ids=[message_id], now=now, slow_lane=slow_lane)[0]
+
+
+def messages_deliver_many(
+    *, message_ids: Sequence[uuid.UUID], now: datetime | None = None, slow_lane: bool = False
+) -> list[DeliveryReport]:
+    """Deliver the queued, due messages among ``message_ids`` (one report each, in
+    order): claimed with one statement, webhooks POSTed at the same time through
+    the fan-out threads, every attempt and status recorded in one transaction.
+    A message that is not queued and due is left alone (``attempted`` False).
 
     Two things hand a claimed message back, queued again without spending an
     attempt: its integration's rate limit (it comes back when a token is there)
     and, outside the slow lane, a webhook endpoint it is owed to that is slow
     (it goes to the slow lane, whose own workers wait for such receivers)."""
     now = now or timezone.now()
-    message = _claim(message_id=message_id, now=now)
-    if message is None:
-        current = Message.objects.filter(pk=message_id).values_list("status", flat=True).first()
-        return DeliveryReport(message_id=message_id, status=current or "", attempted=False)
-    endpoints: list[WebhookEndpoint] = []
-    if message.channel == Channel.WEBHOOK:
-        endpoints = _endpoints_owed(message)
-        if not slow_lane and any(endpoint_is_slow(endpoint=e, now=now) for e in endpoints):
-            return _hand_back(message=message, now=now, slow_lane=True)
-    if message.channel in BUILT_IN:
-        integrations: list[Integration] = []
-        integration = None
-    else:
-        integrations = integrations_for(channel=message.channel)
-        integration = _current(message=message, integrations=integrations)
-        wait = _rate_limit_wait(integration)
-        if wait > 0:
-            return _hand_back(message=message, now=now, countdown=wait, slow_lane=slow_lane)
+    ids = list(dict.fromkeys(message_ids))
+    claimed = _claim_many(message_ids=ids, now=now)
+    reports: dict[uuid.UUID, DeliveryReport] = {}
+    unclaimed = [message_id for message_id in ids if message_id not in claimed]
+    if unclaimed:
+        statuses = dict(Message.objects.filter(pk__in=unclaimed).values_list("pk", "status"))
+        for message_id in unclaimed:
+            reports[message_id] = DeliveryReport(
+                message_id=message_id, status=statuses.get(message_id, ""), attempted=False
+            )
+    batch = _Batch(now=now, claimed=list(claimed.values()))
+    jobs: list[_Job] = []
+    handed_back: list[tuple[Message, float, bool]] = []
+    for message in claimed.values():
+        if message.channel == Channel.WEBHOOK:
+            endpoints = batch.endpoints_owed(message)
+            if not slow_lane and any(endpoint_is_slow(endpoint=e, now=now) for e in endpoints):
+                handed_back.append((message, 0.0, True))
+                continue
+            jobs.append(_webhook_job(message=message, endpoints=endpoints, batch=batch))
+        elif message.channel in BUILT_IN:
+            jobs.append(_Job(message=message))
+        else:
+            integrations = batch.integrations(message.channel)
+            integration = _current(message=message, integrations=integrations)
+            wait = _rate_limit_wait(integration)
+            if wait > 0:
+                handed_back.append((message, wait, slow_lane))
+                continue
+            following = _following(integration=integration, integrations=integrations)
+            jobs.append(_Job(message=message, integration=integration, following=following))
+    if handed_back:
+        reports.update(_hand_back(handed_back, now=now))
     clock = time.monotonic()
-    sends, final = _send(
-        message=message, integration=integration, endpoints=endpoints, now=now, clock=clock
-    )
-    return _record(
-        message_id=message.id,
-        integration=integration,
-        following=_following(integration=integration, integrations=integrations),
-        sends=sends,
-        final=final,
-        started_at=now,
-    )
+    _post_webhooks(jobs, now=now, clock=clock)
+    for job in jobs:
+        if job.message.channel != Channel.WEBHOOK:
+            job.sends, job.final = _send(
+                message=job.message, integration=job.integration, now=now, clock=clock
+            )
+    if jobs:
+        reports.update(_record_many(jobs, started_at=now))
+    return [reports[message_id] for message_id in ids]
 
 
 def integration_rate_key(integration: Integration) -> str:
@@ -227,16 +270,23 @@ def _rate_limit_wait(integration: Integration | None) -> float:
 
 
 def _hand_back(
-    *, message: Message, now: datetime, countdown: float = 0.0, slow_lane: bool = False
-) -> DeliveryReport:
-    """Undo a claim: the message is queued again, its attempt not counted, and
-    published ``countdown`` seconds from now (to the slow lane if asked)."""
+    held: Sequence[tuple[Message, float, bool]], *, now: datetime
+) -> dict[uuid.UUID, DeliveryReport]:
+    """Undo claims: each (message, countdown, slow lane) is queued again, its
+    attempt not counted, and published ``countdown`` seconds from now (to the
+    slow lane if asked)."""
+    reports = {}
     with transaction.atomic():
-        locked = Message.objects.select_for_update().get(pk=message.id)
-        if locked.status == S.SENDING:
-            _move(locked, to=S.QUEUED, now=now, attempt_count=max(0, locked.attempt_count - 1))
-            messages_enqueue(message_ids=[locked.id], countdown=countdown, slow_lane=slow_lane)
-    return DeliveryReport(message_id=message.id, status=locked.status, attempted=False)
+        locked = Message.objects.select_for_update().in_bulk([message.pk for message, _, _ in held])
+        for message, countdown, slow in held:
+            row = locked.get(message.pk)
+            if row is not None and row.status == S.SENDING:
+                _move(row, to=S.QUEUED, now=now, attempt_count=max(0, row.attempt_count - 1))
+                messages_enqueue(message_ids=[row.id], countdown=countdown, slow_lane=slow)
+            reports[message.pk] = DeliveryReport(
+                message_id=message.pk, status=row.status if row else "", attempted=False
+            )
+    return reports
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,24 +300,75 @@ class _Sent:
     endpoint_id: int | None = None
 
 
-def _claim(*, message_id: uuid.UUID, now: datetime) -> Message | None:
+@dataclass(kw_only=True)
+class _Job:
+    """One claimed message on its way: where it goes, and what became of it."""
+
+    message: Message
+    integration: Integration | None = None
+    following: Integration | None = None
+    # Webhook calls still to make: (endpoint, label for errors, the signed request's input).
+    posts: list[tuple[WebhookEndpoint, str, RenderedMessage]] = field(default_factory=list)
+    sends: list[_Sent] = field(default_factory=list)
+    final: bool = False  # fail without failover: no other integration could do better
+
+
+class _Batch:
+    """What the messages of one batch share, read once: integrations by channel,
+    enabled endpoints by event type, and which endpoints already accepted which
+    message."""
+
+    def __init__(self, *, now: datetime, claimed: Sequence[Message]) -> None:
+        self.now = now
+        self._integrations: dict[str, list[Integration]] = {}
+        self._endpoints: dict[str, list[WebhookEndpoint]] = {}
+        # Earlier attempts (a retry, a replay) may have reached some endpoints.
+        webhooks = [message.pk for message in claimed if message.channel == Channel.WEBHOOK]
+        self.accepted = _endpoints_accepted(message_ids=webhooks) if webhooks else {}
+
+    def integrations(self, channel: str) -> list[Integration]:
+        if channel not in self._integrations:
+            self._integrations[channel] = integrations_for(channel=channel)
+        return self._integrations[channel]
+
+    def endpoints_owed(self, message: Message) -> list[WebhookEndpoint]:
+        """The enabled endpoints that receive the message's event type and have
+        not accepted it yet."""
+        event_type = _event_type(message)
+        if event_type not in self._endpoints:
+            self._endpoints[event_type] = endpoints_receiving(event_type=event_type)
+        done = self.accepted.get(message.pk, set())
+        return [endpoint for endpoint in self._endpoints[event_type] if endpoint.pk not in done]
+
+
+def _event_type(message: Message) -> str:
+    annotated = getattr(message, "event_type_key", None)
+    return annotated if isinstance(annotated, str) else message.event.event_type_key
+
+
+def _claim_many(*, message_ids: Sequence[uuid.UUID], now: datetime) -> dict[uuid.UUID, Message]:
+    """Move the queued, due messages among ``message_ids`` that no other worker
+    holds to ``sending``, each attempt counted as it starts (so a message whose
+    worker dies every time still runs out of attempts)."""
+    if not message_ids:
+        return {}
     with transaction.atomic():
-        message = (
+        claimed = list(
             Message.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("subscriber")
-            .filter(pk=message_id)
-            .first()
+            .annotate(event_type_key=F("event__event_type_key"))
+            .filter(messages_due(now=now), pk__in=message_ids)
         )
-        if message is None or message.status != S.QUEUED:
-            return None  # unknown, locked by another worker, or past queued
-        if (message.send_after and message.send_after > now) or (
-            message.next_attempt_at and message.next_attempt_at > now
-        ):
-            return None  # not yet: the sweeper publishes it when it is due
-        # Counted when it starts, so a message whose worker dies every time (the
-        # sweeper queues it again) still runs out of attempts.
-        _move(message, to=S.SENDING, now=now, attempt_count=message.attempt_count + 1)
-    return message
+        if claimed:
+            # The guarded move queued -> sending, in bulk: the rows are locked and queued.
+            Message.objects.filter(pk__in=[message.pk for message in claimed]).update(
+                status=S.SENDING, attempt_count=F("attempt_count") + 1, updated_at=now
+            )
+            for message in claimed:
+                message.status = S.SENDING
+                message.attempt_count += 1
+                message.updated_at = now
+    return {message.pk: message for message in claimed}
 
 
 def _current(*, message: Message, integrations: Sequence[Integration]) -> Integration | None:
@@ -312,12 +413,7 @@ def _address(message: Message) -> dict[str, Any]:
 
 
 def _send(
-    *,
-    message: Message,
-    integration: Integration | None,
-    endpoints: Sequence[WebhookEndpoint],
-    now: datetime,
-    clock: float,
+    *, message: Message, integration: Integration | None, now: datetime, clock: float
 ) -> tuple[list[_Sent], bool]:
     """(the provider calls made, final): ``final`` when no other integration could
     do better, so the message fails without failover."""
@@ -328,8 +424,6 @@ def _send(
     if not providers_for(channel):
         error = f"Herald has no provider for the {channel} channel yet"
         return [_Sent(provider_key="", result=_failure(ResultKind.CONFIG_ERROR, error))], True
-    if channel == Channel.WEBHOOK:
-        return _send_webhook(message=message, endpoints=endpoints, now=now, clock=clock)
     if channel in BUILT_IN:
         provider_key = BUILT_IN[channel]
         result = _provider_send(
@@ -401,14 +495,17 @@ def _provider_send(
         return _failure(ResultKind.RETRYABLE, error)
 
 
-def _endpoints_accepted(*, message_id: uuid.UUID) -> set[int]:
-    """The webhook endpoints that already accepted this message (earlier attempts)."""
+def _endpoints_accepted(*, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[int]]:
+    """The webhook endpoints that already accepted each message (earlier attempts)."""
     marks = DeliveryAttempt.objects.filter(
-        message_id=message_id,
+        message_id__in=message_ids,
         outcome=ResultKind.ACCEPTED,
         provider_message_id__startswith=ENDPOINT_MARK,
-    ).values_list("provider_message_id", flat=True)
-    return {int(mark.removeprefix(ENDPOINT_MARK)) for mark in marks}
+    ).values_list("message_id", "provider_message_id")
+    accepted: dict[uuid.UUID, set[int]] = {}
+    for message_id, mark in marks:
+        accepted.setdefault(message_id, set()).add(int(mark.removeprefix(ENDPOINT_MARK)))
+    return accepted
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -428,45 +525,51 @@ def _fanout_pool() -> ThreadPoolExecutor:
     return _pool
 
 
-def _endpoints_owed(message: Message) -> list[WebhookEndpoint]:
-    """The enabled endpoints that receive the message's event type and have not
-    accepted it yet."""
-    done = _endpoints_accepted(message_id=message.id)
-    return [
-        endpoint
-        for endpoint in endpoints_receiving(event_type=message.event.event_type_key)
-        if endpoint.pk not in done
-    ]
-
-
-def _send_webhook(
-    *, message: Message, endpoints: Sequence[WebhookEndpoint], now: datetime, clock: float
-) -> tuple[list[_Sent], bool]:
-    """Send to ``endpoints`` (those owed the message) at the same time, so one slow
-    receiver does not delay the others; each result is recorded on its endpoint
-    too (a 410 disables it, a slow answer sends it to the slow lane)."""
+def _webhook_job(*, message: Message, endpoints: Sequence[WebhookEndpoint], batch: _Batch) -> _Job:
+    """What to POST for a webhook message: one signed request per endpoint owed it.
+    Everything that reads the database happens here, in the task's thread; the
+    fan-out threads only sign and POST."""
     key = BUILT_IN[Channel.WEBHOOK]
+    job = _Job(message=message)
     if not endpoints:
-        if _endpoints_accepted(message_id=message.id):
-            return [], False  # the endpoints still owed were disabled or deleted meanwhile
-        event_type = message.event.event_type_key
+        if batch.accepted.get(message.pk):
+            return job  # the endpoints still owed were disabled or deleted meanwhile
         error = (
-            f"no enabled webhook endpoint receives {event_type!r} events; "
+            f"no enabled webhook endpoint receives {_event_type(message)!r} events; "
             "add one, or widen an endpoint's event types"
         )
-        return [_Sent(provider_key=key, result=_failure(ResultKind.CONFIG_ERROR, error))], True
-    # Everything that reads the database happens here, in this thread; the
-    # threads below only sign and POST.
-    calls: list[tuple[WebhookEndpoint, str, RenderedMessage | None, ProviderResult | None]] = []
+        job.sends, job.final = (
+            [_Sent(provider_key=key, result=_failure(ResultKind.CONFIG_ERROR, error))],
+            True,
+        )
+        return job
     for endpoint in endpoints:
         label = f"endpoint {endpoint.pk} ({endpoint.url[:200]}): "
         try:
-            address = endpoint_address(endpoint=endpoint, now=now)
+            address = endpoint_address(endpoint=endpoint, now=batch.now)
         except SecretsUnreadable as unreadable:
             error = f"{label}its signing secrets can not be read ({unreadable})"
-            calls.append((endpoint, label, None, _failure(ResultKind.CONFIG_ERROR, error)))
+            job.sends.append(
+                _Sent(
+                    provider_key=key,
+                    result=_failure(ResultKind.CONFIG_ERROR, error),
+                    endpoint_id=endpoint.pk,
+                )
+            )
         else:
-            calls.append((endpoint, label, _rendered(message, address=address), None))
+            job.posts.append((endpoint, label, _rendered(message, address=address)))
+    return job
+
+
+def _post_webhooks(jobs: Sequence[_Job], *, now: datetime, clock: float) -> None:
+    """POST every webhook request of the batch at the same time (the fan-out
+    threads), so no receiver waits for another; then record each endpoint's
+    health once (a 410 disables it, a slow answer sends it to the slow lane, a
+    success ends a failure streak)."""
+    key = BUILT_IN[Channel.WEBHOOK]
+    calls = [
+        (job, endpoint, label, rendered) for job in jobs for endpoint, label, rendered in job.posts
+    ]
 
     def post(rendered: RenderedMessage, label: str) -> tuple[ProviderResult, float, float]:
         started = time.monotonic()
@@ -477,30 +580,22 @@ def _send_webhook(
             result = dataclasses.replace(result, error=f"{label}{result.error}")
         return result, started - clock, time.monotonic() - started
 
-    outcomes: dict[int, tuple[ProviderResult, float, float]] = {}
-    pending = [(endpoint, label, rendered) for endpoint, label, rendered, _ in calls if rendered]
-    if len(pending) == 1:
-        endpoint, label, rendered = pending[0]
-        outcomes[endpoint.pk] = post(rendered, label)
-    elif pending:
+    if len(calls) == 1:
+        _, _, label, rendered = calls[0]
+        outcomes = [post(rendered, label)]
+    else:
         pool = _fanout_pool()
-        futures = {
-            endpoint.pk: pool.submit(post, rendered, label) for endpoint, label, rendered in pending
-        }
-        outcomes = {pk: future.result() for pk, future in futures.items()}
-    sends = []
-    for endpoint, _label, _rendered_message, refused in calls:
-        if refused is not None:
-            result, offset, elapsed, timed = refused, 0.0, 0.0, False
-        else:
-            (result, offset, elapsed), timed = outcomes[endpoint.pk], True
-        endpoint_delivery_record(
-            endpoint_id=endpoint.pk,
-            result=result,
-            now=now,
-            elapsed_seconds=elapsed if timed else None,
-        )
-        sends.append(
+        futures = [pool.submit(post, rendered, label) for _, _, label, rendered in calls]
+        outcomes = [future.result() for future in futures]
+    health: dict[int, list[tuple[ProviderResult, float | None]]] = {}
+    for job in jobs:
+        for sent in job.sends:  # refused before any request (unreadable secrets)
+            if sent.endpoint_id is not None:
+                health.setdefault(sent.endpoint_id, []).append((sent.result, None))
+    for (job, endpoint, _label, _rendered_message), (result, offset, elapsed) in zip(
+        calls, outcomes, strict=True
+    ):
+        job.sends.append(
             _Sent(
                 provider_key=key,
                 result=result,
@@ -509,7 +604,29 @@ def _send_webhook(
                 endpoint_id=endpoint.pk,
             )
         )
-    return sends, False
+        health.setdefault(endpoint.pk, []).append((result, elapsed))
+    for endpoint_id, results in health.items():
+        summary, slowest = _health_summary(results)
+        endpoint_delivery_record(
+            endpoint_id=endpoint_id, result=summary, now=now, elapsed_seconds=slowest
+        )
+
+
+def _health_summary(
+    results: Sequence[tuple[ProviderResult, float | None]],
+) -> tuple[ProviderResult, float | None]:
+    """One endpoint's results in a batch, as one for its health: a request to stop
+    (410) wins, then any success (the endpoint works), else the first failure;
+    with the slowest answer."""
+    timed = [elapsed for _, elapsed in results if elapsed is not None]
+    slowest = max(timed) if timed else None
+    for result, _ in results:
+        if result.disable_endpoint:
+            return result, slowest
+    for result, _ in results:
+        if result.kind is ResultKind.ACCEPTED:
+            return result, slowest
+    return results[0][0], slowest
 
 
 def _combined(sends: Sequence[_Sent]) -> ProviderResult:
@@ -557,83 +674,125 @@ def _retryable_in_a_row(*, message_id: uuid.UUID, integration: Integration | Non
     return count
 
 
-def _record(
-    *,
-    message_id: uuid.UUID,
-    integration: Integration | None,
-    following: Integration | None,
-    sends: Sequence[_Sent],
-    final: bool,
-    started_at: datetime,
-) -> DeliveryReport:
-    result = _combined(sends)
+def _record_many(jobs: Sequence[_Job], *, started_at: datetime) -> dict[uuid.UUID, DeliveryReport]:
+    """Store every attempt of the batch and move each message on, in one
+    transaction: the retry policy decides per message; the messages sent with
+    the same integration move together in one statement."""
+    reports: dict[uuid.UUID, DeliveryReport] = {}
     with transaction.atomic():
-        message = Message.objects.select_for_update().get(pk=message_id)
+        locked = Message.objects.select_for_update().in_bulk([job.message.pk for job in jobs])
         DeliveryAttempt.objects.bulk_create(
             [
-                DeliveryAttempt(
-                    message=message,
-                    integration=integration,
-                    provider=sent.provider_key,
-                    started_at=started_at + timedelta(seconds=sent.offset),
-                    finished_at=started_at + timedelta(seconds=sent.offset + sent.elapsed),
-                    outcome=sent.result.kind,
-                    response_status=sent.result.response_status,
-                    response_excerpt=sent.result.response_excerpt[:RESPONSE_EXCERPT_MAX],
-                    error=sent.result.error[:ATTEMPT_ERROR_MAX],
-                    provider_message_id=(
-                        f"{ENDPOINT_MARK}{sent.endpoint_id}"
-                        if sent.endpoint_id is not None
-                        else sent.result.provider_message_id[:255]
-                    ),
-                    latency_ms=round(sent.elapsed * 1000),
+                _attempt(
+                    message_id=job.message.pk,
+                    integration=job.integration,
+                    sent=sent,
+                    started_at=started_at,
                 )
-                for sent in sends
+                for job in jobs
+                if job.message.pk in locked
+                for sent in job.sends
             ]
         )
-        if message.status != S.SENDING:
-            # The sweeper took it back (this attempt outlived the sending timeout):
-            # the attempt is kept, the message is someone else's now.
-            logger.warning("message %s was %s when its attempt ended", message.id, message.status)
-            return DeliveryReport(
-                message_id=message.id, status=message.status, attempted=True, outcome=result.kind
-            )
-        attempt_count = message.attempt_count  # this attempt included (see _claim)
-        label = f"{integration.name}: " if integration else ""
-        if final:
-            decision = Decision(action=Action.FAIL, reason=result.error)
-        else:
-            decision = decide(
-                kind=result.kind,
-                attempt_count=attempt_count,
-                retryable_in_a_row=_retryable_in_a_row(
-                    message_id=message.id, integration=integration
+        sent_together: dict[int | None, list[Message]] = {}
+        for job in jobs:
+            message = locked.get(job.message.pk)
+            result = _combined(job.sends)
+            if message is None:
+                reports[job.message.pk] = DeliveryReport(
+                    message_id=job.message.pk, status="", attempted=True, outcome=result.kind
                 )
-                if result.kind is ResultKind.RETRYABLE
-                else 0,
-                has_next_integration=following is not None,
-                retry_after_seconds=result.retry_after_seconds,
-                error=result.error,
+                continue
+            if message.status != S.SENDING:
+                # The sweeper took it back (this attempt outlived the sending timeout):
+                # the attempt is kept, the message is someone else's now.
+                logger.warning(
+                    "message %s was %s when its attempt ended", message.id, message.status
+                )
+                reports[message.pk] = DeliveryReport(
+                    message_id=message.pk,
+                    status=message.status,
+                    attempted=True,
+                    outcome=result.kind,
+                )
+                continue
+            decision = _decision(job=job, message=message, result=result)
+            if decision.action is Action.SENT:
+                integration_id = job.integration.pk if job.integration else None
+                sent_together.setdefault(integration_id, []).append(message)
+            else:
+                _apply(
+                    message=message,
+                    decision=decision,
+                    now=started_at,
+                    attempt_count=message.attempt_count,
+                    integration=job.integration,
+                    following=job.following,
+                    label=f"{job.integration.name}: " if job.integration else "",
+                )
+            reports[message.pk] = DeliveryReport(
+                message_id=message.pk,
+                status=message.status,
+                attempted=True,
+                outcome=result.kind,
+                action=decision.action,
+                next_attempt_at=message.next_attempt_at,
             )
-        _apply(
-            message=message,
-            decision=decision,
-            now=started_at,
-            attempt_count=attempt_count,
-            integration=integration,
-            following=following,
-            label=label,
-        )
-        if message.status == S.SENT and message.channel in DELIVERED_WHEN_SENT:
-            _move(message, to=S.DELIVERED, now=started_at)
-            inbox_notify(message=message)  # on commit: the row is there when it arrives
-    return DeliveryReport(
-        message_id=message.id,
-        status=message.status,
-        attempted=True,
-        outcome=result.kind,
-        action=decision.action,
-        next_attempt_at=message.next_attempt_at,
+        for integration_id, messages in sent_together.items():
+            _move_many(
+                messages,
+                to=S.SENT,
+                now=started_at,
+                next_attempt_at=None,
+                error="",
+                integration_id=integration_id,
+            )
+            delivered = [message for message in messages if message.channel in DELIVERED_WHEN_SENT]
+            if delivered:
+                _move_many(delivered, to=S.DELIVERED, now=started_at)
+                for message in delivered:
+                    inbox_notify(message=message)  # on commit: the row is there when it arrives
+            for message in messages:
+                reports[message.pk] = dataclasses.replace(
+                    reports[message.pk], status=message.status
+                )
+    return reports
+
+
+def _attempt(
+    *, message_id: uuid.UUID, integration: Integration | None, sent: _Sent, started_at: datetime
+) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        message_id=message_id,
+        integration=integration,
+        provider=sent.provider_key,
+        started_at=started_at + timedelta(seconds=sent.offset),
+        finished_at=started_at + timedelta(seconds=sent.offset + sent.elapsed),
+        outcome=sent.result.kind,
+        response_status=sent.result.response_status,
+        response_excerpt=sent.result.response_excerpt[:RESPONSE_EXCERPT_MAX],
+        error=sent.result.error[:ATTEMPT_ERROR_MAX],
+        provider_message_id=(
+            f"{ENDPOINT_MARK}{sent.endpoint_id}"
+            if sent.endpoint_id is not None
+            else sent.result.provider_message_id[:255]
+        ),
+        latency_ms=round(sent.elapsed * 1000),
+    )
+
+
+def _decision(*, job: _Job, message: Message, result: ProviderResult) -> Decision:
+    if job.final:
+        return Decision(action=Action.FAIL, reason=result.error)
+    return decide(
+        kind=result.kind,
+        attempt_count=message.attempt_count,  # this attempt included (see _claim_many)
+        retryable_in_a_row=_retryable_in_a_row(message_id=message.id, integration=job.integration)
+        if result.kind is ResultKind.RETRYABLE
+        else 0,
+        has_next_integration=job.following is not None,
+        retry_after_seconds=result.retry_after_seconds,
+        error=result.error,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from channels_delivery.catalogue import Channel
+from channels_delivery.catalogue import BUILT_IN_CHANNELS, Channel
 from channels_delivery.crypto import secrets_decrypt, secrets_encrypt
 from channels_delivery.models import Integration
 from channels_delivery.providers.base import ConfigInvalid, Provider, provider_get
@@ -32,6 +32,16 @@ def _provider_for(*, channel: str, provider: str) -> Provider:
         return provider_get(channel=channel, key=provider)
     except LookupError as error:
         raise ConfigInvalid({"provider": str(error)}) from None
+
+
+def _channel_takes_integrations(channel: str) -> None:
+    """Raise ConfigInvalid at ``channel`` for a channel Herald delivers itself."""
+    if channel not in BUILT_IN_CHANNELS:
+        return
+    detail = f"the {channel} channel is built in and takes no integration"
+    if channel == Channel.WEBHOOK:
+        detail += "; webhooks go to the tenant's webhook endpoints (/api/v1/webhook-endpoints)"
+    raise ConfigInvalid({"channel": detail})
 
 
 def _name_checked(name: str) -> str:
@@ -111,7 +121,9 @@ def integration_create(
 ) -> Integration:
     """A new integration; ``config`` holds the provider's fields, secrets included.
     ``rate_limit_per_second``: the provider's sending limit (None: none).
-    Raises ConfigInvalid naming each bad field."""
+    Raises ConfigInvalid naming each bad field; a built-in channel
+    (catalogue.BUILT_IN_CHANNELS) at ``channel``."""
+    _channel_takes_integrations(channel)
     implementation = _provider_for(channel=channel, provider=provider)
     public, secret = _split(provider=implementation, config=config)
     integration = Integration(

@@ -27,6 +27,7 @@ from channels_delivery.crypto import secrets_decrypt, secrets_encrypt
 from channels_delivery.models import WebhookEndpoint
 from channels_delivery.providers.base import ConfigInvalid, ProviderResult, ResultKind
 from channels_delivery.ssrf import UnsafeUrl, url_check
+from herald.pagination import DEFAULT_LIMIT, Page, cursor_paginate
 
 logger = logging.getLogger(__name__)
 
@@ -334,6 +335,30 @@ def endpoint_address(*, endpoint: WebhookEndpoint, now: datetime | None = None) 
         "url": endpoint.url,
         "secrets": endpoint_signing_secrets(endpoint=endpoint, now=now),
     }
+
+
+def endpoint_get(*, endpoint_id: int) -> WebhookEndpoint | None:
+    return WebhookEndpoint.objects.filter(pk=endpoint_id).first()
+
+
+def endpoints_list(
+    *, enabled: bool | None = None, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+) -> Page[WebhookEndpoint]:
+    """Endpoints oldest first, a page at a time; ``enabled`` filters."""
+    endpoints = WebhookEndpoint.objects.all()
+    if enabled is not None:
+        endpoints = endpoints.filter(enabled=enabled)
+    return cursor_paginate(
+        endpoints, field="created_at", cursor=cursor, limit=limit, descending=False
+    )
+
+
+def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
+    """Its status callbacks go with it; messages already sent to it keep their
+    attempts, and a delivery under way finds the endpoint gone and skips it."""
+    pk = endpoint.pk
+    endpoint.delete()
+    logger.info("webhook endpoint %s deleted", pk)
 
 
 # --- signing ----------------------------------------------------------------------

@@ -392,3 +392,34 @@ def test_a_webhook_message_with_no_matching_endpoint_fails_naming_the_event_type
     assert report.status == MessageStatus.FAILED
     assert "no enabled webhook endpoint receives 'order.shipped' events" in message.error
     assert sink.requests == []
+
+
+def test_a_batch_of_webhook_messages_costs_the_same_queries_whatever_its_size(
+    tenant_a: Tenant, sink: HttpSink, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """The delivery task's batch: one claim, one write of all attempts and one move
+    of all sent messages, whatever the number of messages."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from channels_delivery.services.delivery import messages_deliver_many
+
+    def queries_for(count: int) -> int:
+        with tenant_context(tenant_a):
+            ids = [
+                a_message(channel=Channel.WEBHOOK, content={"body": BODY}).id for _ in range(count)
+            ]
+            with (
+                CaptureQueriesContext(connection) as queries,
+                django_capture_on_commit_callbacks(execute=True),
+            ):
+                reports = messages_deliver_many(message_ids=ids)
+            assert [report.status for report in reports] == ["sent"] * count
+            return len(queries)
+
+    with tenant_context(tenant_a):
+        an_endpoint(sink, "orders")
+    queries_for(1)  # warm: per-process caches (callback subscriptions) are read once
+    assert queries_for(3) == queries_for(30)
+    ids = {request.headers["webhook-id"] for request in sink.requests}
+    assert len(sink.requests) == len(ids) == 34

@@ -170,6 +170,9 @@ def test_create_names_a_missing_secret_under_config(api_a: ApiClient) -> None:
         ({"provider": "pigeon"}, "/provider", "no provider 'pigeon' for the email channel"),
         ({"channel": "webhook"}, "/channel", "/api/v1/webhook-endpoints"),
         ({"channel": "in_app"}, "/channel", "built in and takes no integration"),
+        # Refused even with the provider Herald itself delivers the channel with.
+        ({"channel": "in_app", "provider": "inbox"}, "/channel", "in_app channel is built in"),
+        ({"channel": "push", "provider": "webpush"}, "/channel", "push channel is built in"),
         ({"channel": "fax"}, "/channel", ""),
         ({"name": ""}, "/name", ""),
         ({"priority": 5000}, "/priority", ""),

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 import pytest
 
 from channels_delivery import providers
-from channels_delivery.catalogue import Channel
+from channels_delivery.catalogue import BUILT_IN_CHANNELS, Channel
 from channels_delivery.providers.base import (
+    ConfigInvalid,
     ProviderResult,
     RenderedMessage,
     ResultKind,
@@ -48,8 +49,37 @@ def test_every_registered_provider_is_complete() -> None:
             assert provider.channel == channel
             assert provider.key == key
             assert isinstance(provider.secret_fields, frozenset)
+            assert isinstance(provider.config_fields, frozenset)
+            # A secret is one of the config's fields, stored apart.
+            assert provider.secret_fields <= provider.config_fields, (channel, key)
             assert callable(provider.validate_config)
             assert callable(provider.send)
+
+
+def test_config_fields_are_what_validate_config_accepts() -> None:
+    """An unknown field is refused by name; every declared one is not refused as unknown."""
+    for channel in Channel:
+        for key in providers_for(channel):
+            provider = provider_get(channel=channel, key=key)
+            unknown = "surely-not-a-field"
+            with pytest.raises(ConfigInvalid) as refused:
+                provider.validate_config({unknown: "x"})
+            assert unknown in refused.value.errors, (channel, key)
+            for field in provider.config_fields:
+                errors: dict[str, str] = {}
+                try:
+                    provider.validate_config({field: None})
+                except ConfigInvalid as invalid:
+                    errors = invalid.errors
+                assert errors.get(field) != "unknown field", (channel, key, field)
+
+
+def test_built_in_channels_are_those_the_delivery_core_serves_itself() -> None:
+    from channels_delivery.services.delivery import BUILT_IN
+
+    assert frozenset(BUILT_IN) == BUILT_IN_CHANNELS
+    for channel in BUILT_IN_CHANNELS:
+        assert BUILT_IN[channel] in providers_for(channel)
 
 
 def test_email_providers_are_registered() -> None:
@@ -66,6 +96,7 @@ def test_a_second_provider_with_the_same_key_is_refused() -> None:
     class Impostor:
         channel: ClassVar[str] = Channel.EMAIL
         key: ClassVar[str] = "smtp"
+        config_fields: ClassVar[frozenset[str]] = frozenset()
         secret_fields: ClassVar[frozenset[str]] = frozenset()
 
         def validate_config(self, config: Any) -> dict[str, Any]:
