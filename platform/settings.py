@@ -219,6 +219,11 @@ CELERY_TASK_ROUTES = {
     "channels_delivery.*": {"queue": "delivery"},
 }
 CELERY_TASK_TENANT_CACHE_SECONDS = 30
+# Celery's Django fixup closes the database connection before and after every
+# task unless this is set; reconnecting cost a delivery task more than its own
+# work (bench/delivery.py). herald.celery closes connections that are too old
+# or broken after each task instead, as Django does after each request.
+CELERY_DB_REUSE_MAX = 1_000_000
 # A task whose message was redelivered more often than this (its worker died
 # every time) is failed instead of run again.
 HERALD_TASK_MAX_DELIVERIES: int = env.int("HERALD_TASK_MAX_DELIVERIES", default=5)

@@ -23,8 +23,12 @@ def event_process(event_id: str) -> None:
 
 @app.task(name="rules_engine.event_process_many", **RETRY)
 def event_process_many(event_ids: list[str]) -> None:
-    for event_id in event_ids:
-        event_process_service(event_id=uuid.UUID(event_id))
+    from channels_delivery.services.dispatch import messages_enqueue_gathered
+
+    # The events' messages go to delivery together, once all of them are processed.
+    with messages_enqueue_gathered():
+        for event_id in event_ids:
+            event_process_service(event_id=uuid.UUID(event_id))
 
 
 @app.task(name="rules_engine.events_sweep_all", requires_tenant=False)

@@ -17,8 +17,10 @@ again, so one published twice is sent once.
 """
 
 import logging
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -72,6 +74,41 @@ def _publish_safely(schema_name: str, chunk: list[str], countdown: float, slow_l
         )
 
 
+_gathering = threading.local()
+
+
+@contextmanager
+def messages_enqueue_gathered() -> Iterator[None]:
+    """Publish the messages enqueued (and committed) inside the block together,
+    when it ends: a pipeline task processes up to 100 events, each in its own
+    transaction, and their messages then go out as one delivery task per 100
+    rather than one per event. What a crash inside the block loses is still
+    queued in the table: the sweeper publishes it after the grace period."""
+    if getattr(_gathering, "pending", None) is not None:
+        yield  # already gathering: the outer block publishes
+        return
+    pending: dict[tuple[str, float, bool], list[str]] = {}
+    _gathering.pending = pending
+    try:
+        yield
+    finally:
+        _gathering.pending = None
+        for (schema_name, countdown, slow_lane), ids in pending.items():
+            for start in range(0, len(ids), PUBLISH_CHUNK):
+                chunk = ids[start : start + PUBLISH_CHUNK]
+                _publish_safely(schema_name, chunk, countdown, slow_lane)
+
+
+def _publish_or_gather(
+    schema_name: str, chunk: list[str], countdown: float, slow_lane: bool
+) -> None:
+    pending = getattr(_gathering, "pending", None)
+    if pending is None:
+        _publish_safely(schema_name, chunk, countdown, slow_lane)
+    else:
+        pending.setdefault((schema_name, countdown, slow_lane), []).extend(chunk)
+
+
 def messages_enqueue(
     *, message_ids: Iterable[uuid.UUID | str], countdown: float = 0.0, slow_lane: bool = False
 ) -> None:
@@ -84,7 +121,7 @@ def messages_enqueue(
     for start in range(0, len(ids), PUBLISH_CHUNK):
         chunk = ids[start : start + PUBLISH_CHUNK]
         transaction.on_commit(
-            lambda chunk=chunk: _publish_safely(schema_name, chunk, countdown, slow_lane),  # type: ignore[misc]
+            lambda chunk=chunk: _publish_or_gather(schema_name, chunk, countdown, slow_lane),  # type: ignore[misc]
             robust=True,
         )
 

@@ -85,6 +85,26 @@ def test_enqueue_publishes_after_commit_in_chunks_with_the_schema(
     assert published_ids(delivered) == sorted(str(i) for i in ids)
 
 
+def test_messages_of_many_commits_inside_a_gathered_block_go_out_together(
+    tenant_a: Tenant, django_capture_on_commit_callbacks: Any, delivered: Published
+) -> None:
+    from channels_delivery.services.dispatch import messages_enqueue_gathered
+
+    events = [[uuid.uuid4() for _ in range(60)] for _ in range(3)]
+    with tenant_context(tenant_a), messages_enqueue_gathered():
+        for ids in events:  # one commit per event, as the pipeline task does
+            with django_capture_on_commit_callbacks(execute=True):
+                messages_enqueue(message_ids=ids)
+        # Nested: the outer block publishes.
+        with messages_enqueue_gathered(), django_capture_on_commit_callbacks(execute=True):
+            messages_enqueue(message_ids=[uuid.uuid4()], slow_lane=True)
+        assert delivered == []
+        assert delivered.slow == []
+    assert [len(chunk) for _, chunk, _ in delivered] == [100, 80]
+    assert published_ids(delivered) == sorted(str(i) for ids in events for i in ids)
+    assert len(delivered.slow) == 1
+
+
 def test_a_failed_publish_is_logged_not_raised(
     tenant_a: Tenant,
     django_capture_on_commit_callbacks: Any,
