@@ -605,8 +605,18 @@ def _post_webhooks(jobs: Sequence[_Job], *, now: datetime, clock: float) -> None
             )
         )
         health.setdefault(endpoint.pk, []).append((result, elapsed))
+    endpoints = {endpoint.pk: endpoint for job in jobs for endpoint, _, _ in job.posts}
     for endpoint_id, results in health.items():
         summary, slowest = _health_summary(results)
+        known = endpoints.get(endpoint_id)
+        if (
+            known is not None
+            and summary.kind is ResultKind.ACCEPTED
+            and known.failing_since is None
+            and known.slow_until is None
+            and (slowest is None or slowest < settings.HERALD_WEBHOOK_SLOW_SECONDS)
+        ):
+            continue  # healthy and quick, as it was read for this batch: nothing to write
         endpoint_delivery_record(
             endpoint_id=endpoint_id, result=summary, now=now, elapsed_seconds=slowest
         )
