@@ -1290,6 +1290,7 @@ def profile_report(directory: Path, runs: list[Run]) -> str:
         )
         sections.append("\n\n".join(parts))
     text = "\n\n".join(sections) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "summary.md").write_text(text)
     return text
 
