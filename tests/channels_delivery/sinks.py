@@ -6,6 +6,7 @@ test can check both what was sent and what the provider made of the answer.
 """
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ class SinkRequest:
     path: str
     headers: Mapping[str, str]  # lower-cased names
     body: bytes
+    received: float = field(default_factory=time.monotonic)  # when its body was read
 
 
 @dataclass(frozen=True, kw_only=True)
