@@ -348,8 +348,8 @@ def _batch_messages(
     """The messages of one batch, and what was skipped (channel, reason)."""
     # The pipeline imports this module, so its helpers are imported when used.
     from rules_engine.services.pipeline import (
-        _event_variables,
-        _reachable,
+        event_variables,
+        recipient_reachable,
         render_message,
     )
 
@@ -369,7 +369,7 @@ def _batch_messages(
         event_type_key=event_type_key, category=info.category if info is not None else ""
     )
     context = RenderContext(
-        event=_event_variables(listed.latest),
+        event=event_variables(listed.latest),
         subscriber=subscriber_variables(recipient),
         tenant=sending.tenant,
         locale=recipient["locale"] or "en",
@@ -391,7 +391,7 @@ def _batch_messages(
         if not allowed and not critical:
             skipped.append({"channel": channel, "reason": why})
             continue
-        unreachable = _reachable(recipient, channel)
+        unreachable = recipient_reachable(recipient, channel)
         if unreachable is not None:
             skipped.append({"channel": channel, "reason": unreachable})
             continue
@@ -426,7 +426,7 @@ def _batch_messages(
 def digests_send(*, batch_ids: Sequence[int], claim: uuid.UUID, now: datetime) -> FlushReport:
     """Send the batches of ``batch_ids`` that ``claim`` still holds, and mark them
     sent, in one transaction; batches another sweeper took over are left alone."""
-    from rules_engine.services.pipeline import _tenant_variables
+    from rules_engine.services.pipeline import tenant_variables
 
     with transaction.atomic():
         batches = list(
@@ -449,7 +449,7 @@ def digests_send(*, batch_ids: Sequence[int], claim: uuid.UUID, now: datetime) -
             templates=template_versions_current(
                 action["template"] for batch in batches for action in batch.rule_version.actions
             ),
-            tenant=_tenant_variables(),
+            tenant=tenant_variables(),
             now=now,
             resolvers={},
         )

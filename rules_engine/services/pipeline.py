@@ -72,7 +72,7 @@ PENDING = frozenset({EventStatus.ACCEPTED, EventStatus.QUEUED})
 SKIPPED_KEPT = 100
 
 
-def _reachable(recipient: Recipient, channel: str) -> str | None:
+def recipient_reachable(recipient: Recipient, channel: str) -> str | None:
     """Why the recipient can not be reached on ``channel`` (None when they can)."""
     channels = recipient["channels"] or {}
     if channel == Channel.EMAIL and not recipient["email"]:
@@ -179,7 +179,8 @@ class Plan:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _event_variables(event: Event) -> dict[str, Any]:
+def event_variables(event: Event) -> dict[str, Any]:
+    """``event`` in a template's context (the digest flush renders with it too)."""
     return {
         "type": event.event_type_key,
         "id": str(event.id),
@@ -190,7 +191,8 @@ def _event_variables(event: Event) -> dict[str, Any]:
     }
 
 
-def _tenant_variables() -> dict[str, Any]:
+def tenant_variables() -> dict[str, Any]:
+    """``tenant`` in a template's context (the digest flush renders with it too)."""
     tenant = tenant_connection.tenant
     plan = getattr(tenant, "plan", None)
     return {
@@ -255,8 +257,8 @@ def event_plan(
     been saved, so a dry run shows a profile as given without writing it.
     """
     plan = Plan()
-    event_vars = _event_variables(event)
-    base = {"event": event_vars, "tenant": _tenant_variables()}
+    event_vars = event_variables(event)
+    base = {"event": event_vars, "tenant": tenant_variables()}
     templates = template_versions_current(
         action["template"] for _, version in rules for action in version.actions
     )
@@ -370,7 +372,7 @@ def event_plan(
                         )
                     )
                     continue
-                unreachable = _reachable(recipient, channel)
+                unreachable = recipient_reachable(recipient, channel)
                 if unreachable is not None:
                     story.skipped.append(
                         Skipped(
