@@ -256,7 +256,7 @@ class InboxSettings(models.Model):
 class PushSettings(models.Model):
     """The tenant's VAPID key pair for web push: one row per tenant schema (pk 1).
 
-    Generated on first use (channels_delivery.providers.push). The private key is
+    Generated on first use (channels_delivery.services.push). The private key is
     a Fernet token (channels_delivery.crypto); the public key is what the tenant's
     frontend passes to ``pushManager.subscribe`` as ``applicationServerKey``.
     """

@@ -3,19 +3,18 @@ subscriber's browser subscriptions (RFC 8291, aes128gcm) and signed with the
 tenant's own VAPID key (RFC 8292).
 
 Each tenant has one VAPID key pair (``PushSettings``), generated on first use;
-its frontend subscribes browsers with ``push_public_key_get()`` as the
+its frontend subscribes browsers with ``services.push.push_public_key_get()`` as the
 ``applicationServerKey``, so a push service accepts our requests only for
 subscriptions made with that key. The endpoint URL is tenant-supplied data, so
 the request goes through the SSRF guard like a webhook.
 
 A push service answers 201 (or 202) when it took the message. 404 or 410 means
 the browser unsubscribed: the provider removes that subscription from the
-subscriber's ``channels["push"]`` itself, because the subscription is the only
+subscriber's ``channels["push"]`` itself (services.push), because the subscription is the only
 thing that knows the endpoint (there is no endpoint row to disable as for
 webhooks). 429 and 5xx are retried, other 4xx are permanent.
 """
 
-import base64
 import binascii
 import json
 import time
@@ -24,16 +23,11 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from django.conf import settings
-from django.db import transaction
-from py_vapid import Vapid, VapidException  # type: ignore[import-untyped]
+from py_vapid import VapidException  # type: ignore[import-untyped]
 from pywebpush import WebPusher, WebPushException  # type: ignore[import-untyped]
 
 from channels_delivery.catalogue import Channel
-from channels_delivery.crypto import SecretsUnreadable, secrets_decrypt, secrets_encrypt
-from channels_delivery.models import PushSettings
+from channels_delivery.crypto import SecretsUnreadable
 from channels_delivery.providers.base import (
     ConfigInvalid,
     ProviderResult,
@@ -43,8 +37,8 @@ from channels_delivery.providers.base import (
 )
 from channels_delivery.providers.http import POST_TIMEOUT_SECONDS, address_result
 from channels_delivery.providers.sms import HttpAnswer
+from channels_delivery.services.push import push_subscriptions_forget, push_vapid
 from channels_delivery.ssrf import UnsafeUrl, safe_request
-from rules_engine.models import Subscriber
 
 # How long a push service keeps a message for a browser that is offline: a
 # notification a day late is stale.
@@ -57,53 +51,6 @@ PAYLOAD_FIELDS = ("title", "body", "icon", "url")
 # RFC 8291 leaves 4078 bytes for the plaintext of one aes128gcm record.
 MAX_PAYLOAD_BYTES = 4078
 GONE_STATUSES = frozenset({404, 410})
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _new_key_pair() -> tuple[str, str]:
-    """(private key: the raw 32-byte scalar, public key: the uncompressed point), base64url."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_numbers().private_value.to_bytes(32, "big")
-    public = key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    return _b64url(private), _b64url(public)
-
-
-def _settings_row() -> PushSettings:
-    """The current schema's push settings, with a key pair generated on first use."""
-    existing = PushSettings.objects.filter(pk=PushSettings.SINGLETON_PK).first()
-    if existing is not None:
-        return existing
-    private, public = _new_key_pair()
-    # get_or_create: two first uses at once keep one key pair.
-    row, _ = PushSettings.objects.get_or_create(
-        pk=PushSettings.SINGLETON_PK,
-        defaults={
-            "private_key": secrets_encrypt(values={"private_key": private}),
-            "public_key": public,
-            "contact": settings.HERALD_VAPID_CONTACT,
-        },
-    )
-    return row
-
-
-def push_public_key_get() -> str:
-    """The current tenant's VAPID public key (base64url), the ``applicationServerKey``
-    its frontend subscribes browsers with; generated on first use."""
-    return _settings_row().public_key
-
-
-def _vapid() -> tuple[Any, str]:
-    """(the tenant's signing key, its contact); raises SecretsUnreadable."""
-    row = _settings_row()
-    private = secrets_decrypt(token=row.private_key).get("private_key")
-    if not private:
-        raise SecretsUnreadable("the stored VAPID private key is empty")
-    return Vapid.from_raw(private.encode()), row.contact
 
 
 def _subscriptions(address: Mapping[str, Any]) -> list[Any]:
@@ -226,39 +173,6 @@ def _send_one(
     )
 
 
-def push_subscriptions_forget(*, external_id: str, endpoints: Sequence[str]) -> int:
-    """Remove the subscriptions with these endpoints from a subscriber's
-    channels["push"] (under the row's lock); returns how many were removed."""
-    gone = set(endpoints)
-    with transaction.atomic():
-        subscriber = Subscriber.objects.select_for_update().filter(external_id=external_id).first()
-        if subscriber is None:
-            return 0
-        channels = dict(subscriber.channels or {})
-        current = channels.get(Channel.PUSH.value)
-        if isinstance(current, Mapping):
-            kept: Any = None if current.get("endpoint") in gone else current
-            removed = 0 if kept is not None else 1
-        elif isinstance(current, list):
-            kept = [
-                item
-                for item in current
-                if not (isinstance(item, Mapping) and item.get("endpoint") in gone)
-            ]
-            removed = len(current) - len(kept)
-        else:
-            return 0
-        if not removed:
-            return 0
-        if kept:
-            channels[Channel.PUSH.value] = kept
-        else:
-            del channels[Channel.PUSH.value]
-        subscriber.channels = channels
-        subscriber.save(update_fields=["channels", "updated_at"])
-    return removed
-
-
 def _combined(results: Sequence[ProviderResult]) -> ProviderResult:
     """One result for the message: accepted when any browser took it (a retry
     would send it again to those that did); else a retry if any failure is worth
@@ -308,7 +222,7 @@ class WebPushProvider:
                 kind=ResultKind.PERMANENT, error="the subscriber has no push subscription"
             )
         try:
-            vapid, contact = _vapid()
+            vapid, contact = push_vapid()
         except SecretsUnreadable as unreadable:
             return ProviderResult(
                 kind=ResultKind.CONFIG_ERROR,

@@ -27,8 +27,8 @@ from channels_delivery.providers.base import (
     provider_get,
     providers_for,
 )
-from channels_delivery.providers.push import push_public_key_get
 from channels_delivery.services.delivery import BUILT_IN, DeliveryReport, message_deliver
+from channels_delivery.services.push import push_public_key_get
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
 from tests.channels_delivery.sinks import HttpSink, SinkRequest, http_sink
