@@ -6,6 +6,10 @@ the provider's secret fields (passwords, API keys, tokens) are write-only:
 answers say which of them are set (``secrets_set``), never their values.
 ``GET /integrations/providers`` lists what each provider takes, so a client
 knows what to send.
+
+An ``anymail`` integration also has an ESP tracking webhook (channels_delivery.
+esp_tracking): ``tracking_webhook_url`` in every answer, and the basic-auth
+credentials the ESP must send only from ``GET /integrations/{id}/tracking-webhook``.
 """
 
 import inspect
@@ -17,6 +21,11 @@ from ninja import Field, Query, Router, Schema, Status
 from pydantic import ConfigDict
 
 from channels_delivery.catalogue import BUILT_IN_CHANNELS, Channel
+from channels_delivery.esp_tracking import (
+    TrackingUnavailable,
+    esp_tracking_url,
+    esp_tracking_webhook,
+)
 from channels_delivery.models import Integration
 from channels_delivery.providers.base import ConfigInvalid, provider_get, providers_for
 from channels_delivery.services.integrations import (
@@ -139,8 +148,24 @@ class IntegrationOut(Schema):
     priority: int
     enabled: bool
     rate_limit_per_second: int | None = Field(description="Messages a second; null: no limit.")
+    tracking_webhook_url: str | None = Field(
+        description="Where the ESP reports deliveries, bounces, opens and clicks (an "
+        "`anymail` integration); null for any other. It takes HTTP basic auth: "
+        "GET /integrations/{id}/tracking-webhook answers the credentials."
+    )
     created_at: datetime
     updated_at: datetime
+
+
+class TrackingWebhookOut(Schema):
+    esp: str = Field(description="The ESP this integration sends through.")
+    url: str = Field(description="The webhook URL to enter at the ESP.")
+    username: str = Field(description="HTTP basic auth user the ESP must send.")
+    password: str = Field(description="HTTP basic auth password the ESP must send.")
+    url_with_credentials: str = Field(
+        description="The URL with the credentials in it (https://user:password@host/...), "
+        "for ESPs that take basic auth that way."
+    )
 
 
 class IntegrationPageOut(Schema):
@@ -188,6 +213,7 @@ def _integration_out(integration: Integration) -> dict[str, Any]:
         "priority": integration.priority,
         "enabled": integration.enabled,
         "rate_limit_per_second": integration.rate_limit_per_second,
+        "tracking_webhook_url": esp_tracking_url(integration=integration),
         "created_at": integration.created_at,
         "updated_at": integration.updated_at,
     }
@@ -283,6 +309,31 @@ def integrations_create(request: HttpRequest, body: IntegrationIn) -> Any:
 def integrations_read(request: HttpRequest, integration_id: int) -> Any:
     require_admin(request)
     return _integration_out(_integration_or_404(integration_id))
+
+
+@router.get(
+    "/{integration_id}/tracking-webhook",
+    response={200: TrackingWebhookOut, 404: ProblemOut, 422: ValidationProblemOut},
+    summary="Read an integration's ESP tracking webhook",
+)
+def integrations_tracking_webhook(request: HttpRequest, integration_id: int) -> Any:
+    """The URL and basic-auth credentials to enter at the ESP so that it reports
+    what became of each email (delivered, bounced, opened, clicked, complaints).
+    An integration that is not `anymail`, or whose ESP's webhook Herald can not
+    check: 404."""
+    require_admin(request)
+    integration = _integration_or_404(integration_id)
+    try:
+        webhook = esp_tracking_webhook(integration=integration)
+    except TrackingUnavailable as unavailable:
+        raise Http404(str(unavailable)) from None
+    return {
+        "esp": webhook.esp,
+        "url": webhook.url,
+        "username": webhook.username,
+        "password": webhook.password,
+        "url_with_credentials": webhook.url_with_credentials,
+    }
 
 
 @router.patch(

@@ -137,6 +137,11 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering = ["started_at"]
+        indexes = [
+            # An ESP's tracking webhook names the message by the id the ESP gave it
+            # (channels_delivery.esp_tracking).
+            models.Index(fields=["provider_message_id"], name="attempt_provider_msg_id_idx")
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider} {self.outcome} {self.started_at:%Y-%m-%d %H:%M:%S}"

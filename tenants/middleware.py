@@ -6,7 +6,8 @@ through to the public schema. The in-app inbox under ``/api/v1/inbox/`` (but
 its secret endpoints) is read by tenants' frontends, which have no key: it is
 resolved by tenant slug and subscriber hash instead (channels_delivery.inbox_auth).
 Links in emails (``/u/``, ``/o/``, ``/c/``) carry a signed token naming their
-tenant and are answered before any lookup (channels_delivery.views_tracking).
+tenant and are answered before any lookup (channels_delivery.views_tracking), and
+so are ESPs' tracking webhooks (``/hooks/esp/``, channels_delivery.esp_tracking).
 Everything else (the dashboards) is resolved by hostname, as django-tenants does.
 """
 
@@ -20,6 +21,7 @@ from django.http.response import HttpResponseBase
 from django.urls import set_urlconf
 from django_tenants.middleware.main import TenantMainMiddleware
 
+from channels_delivery.esp_tracking import esp_tracking_dispatch, is_esp_tracking_path
 from channels_delivery.inbox_auth import (
     HASH_HEADER,
     SUBSCRIBER_HEADER,
@@ -104,6 +106,10 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
             # Links in emails live on the public address; their signed token names
             # the tenant, and the view switches to it (channels_delivery.views_tracking).
             return tracking_dispatch(request)
+        if is_esp_tracking_path(path):
+            # ESPs' delivery reports: the token names the tenant and integration
+            # (channels_delivery.esp_tracking).
+            return esp_tracking_dispatch(request)
         try:
             response: HttpResponse | None = super().process_request(request)
         except DatabaseError:

@@ -71,11 +71,17 @@ def _fresh_event_quota() -> None:
 
 @pytest.fixture(autouse=True)
 def _public_schema_and_cold_cache() -> Iterator[None]:
+    from channels_delivery.services.callbacks import callback_subscriptions_forget
+
     tenant_connection.set_schema_to_public()
     api_key_cache.clear()
+    # Which endpoints take status callbacks is cached per process; a rolled-back
+    # test's endpoints must not outlive it there.
+    callback_subscriptions_forget()
     yield
     tenant_connection.set_schema_to_public()
     api_key_cache.clear()
+    callback_subscriptions_forget()
 
 
 @pytest.fixture

@@ -59,6 +59,8 @@ MESSAGE_CALLBACKS: Mapping[str, str] = {
     MessageStatus.SENT: CallbackType.MESSAGE_SENT,
     MessageStatus.DELIVERED: CallbackType.MESSAGE_DELIVERED,
     MessageStatus.FAILED: CallbackType.MESSAGE_FAILED,
+    # An email the ESP reports bounced failed too; data.status says "bounced".
+    MessageStatus.BOUNCED: CallbackType.MESSAGE_FAILED,
     MessageStatus.READ: CallbackType.MESSAGE_READ,
 }
 CALLBACK_TYPES = frozenset(CallbackType.values)

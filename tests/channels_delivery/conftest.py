@@ -1,6 +1,10 @@
 """Fixtures shared by the delivery tests."""
 
+from collections.abc import Iterator
+
 import pytest
+
+from tests.channels_delivery.sinks import HttpSink, http_sink
 
 
 class Published(list[tuple[str, list[str], float]]):
@@ -25,3 +29,10 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> Published:
     sent = Published()
     monkeypatch.setattr(dispatch, "publish_to_delivery", sent.record)
     return sent
+
+
+@pytest.fixture
+def sink() -> Iterator[HttpSink]:
+    """A local HTTP server on 127.0.0.1 standing in for a receiver or a provider."""
+    with http_sink() as running:
+        yield running

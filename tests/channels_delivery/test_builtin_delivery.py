@@ -3,7 +3,7 @@ the inbox item, pushed live to the subscriber's sockets) and webhook (to every
 enabled endpoint that receives the event type, signed the Standard Webhooks way)."""
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,7 +34,7 @@ from rules_engine.services.rules import rule_create
 from rules_engine.services.templates import template_create
 from tenants.models import Tenant
 from tests.channels_delivery.conftest import Published
-from tests.channels_delivery.sinks import HttpSink, SinkRequest, http_sink
+from tests.channels_delivery.sinks import HttpSink, SinkRequest
 from tests.conftest import ApiClient
 
 pytestmark = pytest.mark.django_db
@@ -55,12 +55,6 @@ def _keep_the_test_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
     """database_sync_to_async closes a connection left in a transaction, as the
     test's is; the consumer's queries must run in it to see the test's rows."""
     monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 def socket_url(tenant: Tenant, external_id: str, signature: str) -> str:

@@ -4,7 +4,7 @@ of failure; replay of failed webhook messages; the slow lane; integrations' rate
 limits."""
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -50,7 +50,7 @@ from herald.limits import limits_redis
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
 from tests.channels_delivery.conftest import Published
-from tests.channels_delivery.sinks import HttpSink, SinkRequest, http_sink
+from tests.channels_delivery.sinks import HttpSink, SinkRequest
 
 pytestmark = pytest.mark.django_db
 
@@ -61,12 +61,6 @@ BODY = '{"order": "A-17"}'
 @pytest.fixture(autouse=True)
 def _loopback_allowed(settings: Any) -> None:
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ local HTTP sink: the payload each service expects, and what its answers mean."""
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from channels_delivery.providers.base import (
     providers_for,
 )
 from channels_delivery.providers.chat import DiscordProvider, SlackProvider
-from tests.channels_delivery.sinks import HttpSink, http_sink
+from tests.channels_delivery.sinks import HttpSink
 
 BLOCKS = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Order A-17* shipped"}}]
 
@@ -26,12 +25,6 @@ BLOCKS = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Order A-17* s
 def _loopback_allowed(settings: Any) -> None:
     """The sink listens on 127.0.0.1, which the SSRF guard refuses in production."""
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 def chat(url: str, text: Any = "Order A-17 shipped", blocks: Any = None) -> RenderedMessage:

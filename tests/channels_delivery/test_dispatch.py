@@ -2,7 +2,6 @@
 sweeper, each tenant's own; and the thin delivery tasks."""
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +28,7 @@ from rules_engine.services.rules import rule_create
 from rules_engine.services.templates import template_create
 from tenants.models import Tenant
 from tests.channels_delivery.conftest import Published
-from tests.channels_delivery.sinks import HttpSink, http_sink
+from tests.channels_delivery.sinks import HttpSink
 
 pytestmark = pytest.mark.django_db
 
@@ -37,12 +36,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _loopback_allowed(settings: Any) -> None:
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 def a_message(**fields: Any) -> Message:

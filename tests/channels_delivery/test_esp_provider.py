@@ -49,12 +49,6 @@ def _loopback_allowed(settings: Any) -> None:
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
 
 
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
-
-
 def esp_config(sink: HttpSink, esp: str = "postmark", **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "esp": esp,

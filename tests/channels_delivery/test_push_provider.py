@@ -31,7 +31,7 @@ from channels_delivery.services.delivery import BUILT_IN, DeliveryReport, messag
 from channels_delivery.services.push import push_public_key_get
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
-from tests.channels_delivery.sinks import HttpSink, SinkRequest, http_sink
+from tests.channels_delivery.sinks import HttpSink, SinkRequest
 
 pytestmark = pytest.mark.django_db
 
@@ -48,12 +48,6 @@ CONTENT = {
 def _loopback_allowed(settings: Any) -> None:
     """The sink listens on 127.0.0.1, which the SSRF guard refuses in production."""
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 @pytest.fixture

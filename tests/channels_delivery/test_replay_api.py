@@ -5,7 +5,7 @@ again to a real HTTP sink. The admin scope, the problems for what can not be
 replayed, and tenant isolation."""
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,7 +35,7 @@ from channels_delivery.services.webhooks import (
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
 from tests.channels_delivery.conftest import Published
-from tests.channels_delivery.sinks import HttpSink, http_sink
+from tests.channels_delivery.sinks import HttpSink
 from tests.conftest import ApiClient
 
 pytestmark = pytest.mark.django_db
@@ -47,12 +47,6 @@ BODY = '{"order": "A-17"}'
 @pytest.fixture(autouse=True)
 def _loopback_allowed(settings: Any) -> None:
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 @pytest.fixture

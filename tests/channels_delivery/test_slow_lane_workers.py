@@ -28,7 +28,7 @@ from channels_delivery.services.dispatch import SLOW_LANE_QUEUE, messages_enqueu
 from channels_delivery.services.webhooks import endpoint_create
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
-from tests.channels_delivery.sinks import HttpSink, http_sink
+from tests.channels_delivery.sinks import HttpSink
 from tests.channels_delivery.test_worker_kill import in_tenant, wait_for
 from tests.workers import celery_worker, routing_reset
 
@@ -50,12 +50,6 @@ def _loopback_allowed(settings: Any) -> None:
 @pytest.fixture(autouse=True)
 def _routed_as_configured() -> None:
     routing_reset()
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 @pytest.fixture

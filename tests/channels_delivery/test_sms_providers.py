@@ -3,7 +3,6 @@
 import base64
 import json
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs
@@ -40,12 +39,6 @@ TWILIO_ERROR = {
 def _loopback_allowed(settings: Any) -> None:
     """The sinks listen on 127.0.0.1, which the SSRF guard refuses in production."""
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 def sms(phone: Any = "+447700900123", text: str = "Your code is 1234") -> RenderedMessage:

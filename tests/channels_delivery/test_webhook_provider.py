@@ -4,7 +4,6 @@ webhook-id, and what each answer of the receiver means."""
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,12 +29,6 @@ BODY = '{"type": "order.shipped", "data": {"order": "A-17", "note": "caf\\u00e9 
 def _loopback_allowed(settings: Any) -> None:
     """The sink listens on 127.0.0.1, which the SSRF guard refuses in production."""
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 def webhook(

@@ -63,7 +63,7 @@ from channels_delivery.services.webhooks import endpoint_create, endpoint_secret
 from channels_delivery.tasks import messages_deliver
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
-from tests.channels_delivery.sinks import HttpSink, SinkRequest, http_sink
+from tests.channels_delivery.sinks import HttpSink, SinkRequest
 from tests.threads import in_own_connection
 from tests.workers import celery_worker, routing_reset
 
@@ -91,12 +91,6 @@ def _loopback_allowed(settings: Any) -> None:
 @pytest.fixture(autouse=True)
 def _routed_as_configured() -> None:
     routing_reset()  # channels_delivery.* to the delivery queue, as configured
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with http_sink() as running:
-        yield running
 
 
 def wait_for(
