@@ -13,18 +13,26 @@ import base64
 import binascii
 import logging
 import secrets as random_secrets
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from channels_delivery.catalogue import Channel
 from channels_delivery.crypto import secrets_decrypt, secrets_encrypt
-from channels_delivery.models import WebhookEndpoint
+from channels_delivery.models import (
+    CallbackType,
+    DeliveryAttempt,
+    Message,
+    MessageStatus,
+    WebhookEndpoint,
+)
 from channels_delivery.providers.base import ConfigInvalid, ProviderResult, ResultKind
 from channels_delivery.ssrf import UnsafeUrl, url_check
 from herald.pagination import DEFAULT_LIMIT, Page, cursor_paginate
@@ -220,7 +228,6 @@ def endpoint_disable(
     """Stop delivering to the endpoint; ``reason`` is shown to the tenant admin
     (e.g. "the receiver answered 410 Gone"), and sent in an ``endpoint.disabled``
     callback to the tenant's other endpoints that subscribe to it."""
-    from channels_delivery.models import CallbackType
     from channels_delivery.services.callbacks import callbacks_emit
 
     if not isinstance(reason, str) or not reason.strip():
@@ -410,15 +417,12 @@ class ReplayRefused(Exception):
 REPLAY_NOTE = "replayed"
 
 
-def _replayable(*, since: datetime | None = None) -> Any:
-    from channels_delivery.catalogue import Channel
-    from channels_delivery.models import Message, MessageStatus
-
+def _replayable(*, since: datetime | None = None) -> QuerySet[Message]:
     failed = Message.objects.filter(channel=Channel.WEBHOOK, status=MessageStatus.FAILED)
     return failed if since is None else failed.filter(failed_at__gte=since)
 
 
-def webhook_message_replay(*, message_id: Any) -> Any:
+def webhook_message_replay(*, message_id: uuid.UUID | str) -> Message:
     """Queue a failed webhook message again, with a fresh retry schedule; it goes
     to the enabled endpoints that receive its event type and have not accepted it
     yet (those that did are not sent it twice). The earlier attempts are kept.
@@ -426,7 +430,6 @@ def webhook_message_replay(*, message_id: Any) -> Any:
 
     The one way out of ``failed`` (services.delivery.TRANSITIONS keeps it
     terminal): guarded here by the WHERE clause under a row lock."""
-    from channels_delivery.models import Message
     from channels_delivery.services.dispatch import messages_enqueue
 
     with transaction.atomic():
@@ -449,7 +452,6 @@ def webhook_messages_replay_failed(*, since: datetime, endpoint_id: int | None =
     """Replay every webhook message that failed at or after ``since`` (only those
     that were tried at ``endpoint_id``, if given); returns how many. Failed
     status callbacks since then are queued again too (those to ``endpoint_id``)."""
-    from channels_delivery.models import DeliveryAttempt
     from channels_delivery.services.callbacks import callbacks_replay_failed
     from channels_delivery.services.delivery import ENDPOINT_MARK
     from channels_delivery.services.dispatch import messages_enqueue
@@ -475,9 +477,7 @@ def webhook_messages_replay_failed(*, since: datetime, endpoint_id: int | None =
     return len(ids)
 
 
-def _replay(*, ids: Sequence[Any]) -> None:
-    from channels_delivery.models import Message, MessageStatus
-
+def _replay(*, ids: Sequence[uuid.UUID]) -> None:
     now = timezone.now()
     for start in range(0, len(ids), 1000):
         Message.objects.filter(

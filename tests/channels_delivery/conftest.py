@@ -36,3 +36,17 @@ def sink() -> Iterator[HttpSink]:
     """A local HTTP server on 127.0.0.1 standing in for a receiver or a provider."""
     with http_sink() as running:
         yield running
+
+
+@pytest.fixture
+def callbacks_published(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Callback ids published to the delivery queue, recorded instead of sent."""
+    from channels_delivery.services import callbacks
+
+    published: list[list[str]] = []
+    monkeypatch.setattr(
+        callbacks,
+        "publish_callbacks",
+        lambda schema, ids, countdown=0.0: published.append(list(ids)),
+    )
+    return published

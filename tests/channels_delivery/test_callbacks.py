@@ -63,20 +63,6 @@ def _loopback_allowed(settings: Any) -> None:
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
 
 
-@pytest.fixture
-def callbacks_published(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Callback ids published to the delivery queue, recorded instead of sent."""
-    from channels_delivery.services import callbacks
-
-    published: list[list[str]] = []
-    monkeypatch.setattr(
-        callbacks,
-        "publish_callbacks",
-        lambda schema, ids, countdown=0.0: published.append(list(ids)),
-    )
-    return published
-
-
 def an_endpoint(sink: HttpSink, path: str, *event_types: str) -> WebhookEndpoint:
     return endpoint_create(url=f"{sink.url}/{path}", event_types=list(event_types))
 

@@ -49,20 +49,6 @@ def _loopback_allowed(settings: Any) -> None:
     settings.HERALD_ALLOW_LOOPBACK_URLS = True
 
 
-@pytest.fixture
-def callbacks_published(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Callback ids published to the delivery queue, recorded instead of sent."""
-    from channels_delivery.services import callbacks
-
-    published: list[list[str]] = []
-    monkeypatch.setattr(
-        callbacks,
-        "publish_callbacks",
-        lambda schema, ids, countdown=0.0: published.append(list(ids)),
-    )
-    return published
-
-
 def post(client: Client, url: str, body: Any = None) -> Any:
     if body is None:
         return client.post(url, "", content_type="application/json")
