@@ -81,6 +81,9 @@ class Message(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
+    # Engagement, where the channel reports it (email tracking, the inbox).
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
     # Why the message failed or is waiting to be retried, for the tenant's timeline.
     error = models.CharField(max_length=500, blank=True, default="", db_default="")
     # In-app inbox state, set by the subscriber through /api/v1/inbox (only
@@ -336,3 +339,50 @@ class StatusCallback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} to endpoint {self.endpoint_id} ({self.status})"
+
+
+# --- Analytics rollup (services.stats) -----------------------------------------
+
+
+class StatsDelta(models.Model):
+    """What changed since the last fold: written by database triggers on Message
+    and Event (migration 0010) in the writing transaction, so no code path can
+    move a message without counting it; folded into StatsHour by a worker."""
+
+    id = models.BigAutoField(primary_key=True)
+    hour = models.DateTimeField()
+    channel = models.CharField(max_length=20, blank=True)
+    provider = models.CharField(max_length=50, blank=True)
+    metric = models.CharField(max_length=30)
+    amount = models.BigIntegerField()
+
+    class Meta:
+        db_table = "channels_delivery_statsdelta"
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.channel} {self.metric} {self.amount}"
+
+
+class StatsHour(models.Model):
+    """Per hour (UTC), channel and provider: how many messages reached each state
+    in that hour (metric ``sent`` counts ``sent_at`` in the hour, and so on), the
+    events received (channel ""), and the event-to-delivery latency histogram
+    (metrics ``latency_le_<ms>``)."""
+
+    id = models.BigAutoField(primary_key=True)
+    hour = models.DateTimeField()
+    channel = models.CharField(max_length=20, blank=True)
+    provider = models.CharField(max_length=50, blank=True)
+    metric = models.CharField(max_length=30)
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "channels_delivery_statshour"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "channel", "provider", "metric"], name="statshour_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.channel} {self.metric} {self.value}"

@@ -63,3 +63,20 @@ def messages_sweep_all() -> None:
             continue
         if swept:
             logger.info("published %s due messages and callbacks of %s", swept, tenant.schema_name)
+
+
+@app.task(name="channels_delivery.stats_fold_all", requires_tenant=False)
+def stats_fold_all() -> None:
+    """Beat: fold every tenant's analytics deltas and publish them for staff
+    (services.stats). A suspended tenant's late changes are folded too."""
+    from django_tenants.utils import get_public_schema_name, tenant_context
+
+    from channels_delivery.services.stats import stats_fold
+    from tenants.models import Tenant
+
+    for tenant in Tenant.objects.exclude(schema_name=get_public_schema_name()):
+        try:
+            with tenant_context(tenant):
+                stats_fold()
+        except Exception:  # one tenant's failure must not hold up the others' figures
+            logger.exception("folding the analytics of %s failed", tenant.schema_name)

@@ -207,6 +207,7 @@ def _register_routers() -> None:
     from channels_delivery.api import router as messages
     from channels_delivery.api_inbox import router as inbox
     from channels_delivery.api_integrations import router as integrations
+    from channels_delivery.api_stats import router as stats
     from channels_delivery.api_webhooks import router as webhook_endpoints
     from rules_engine.api.event_types import router as event_types
     from rules_engine.api.events import router as events
@@ -231,6 +232,7 @@ def _register_routers() -> None:
     api.add_router("/layouts", layouts)
     api.add_router("/integrations", integrations)
     api.add_router("/webhook-endpoints", webhook_endpoints)
+    api.add_router("/stats", stats)
 
 
 class ProblemOut(Schema):

@@ -15,6 +15,7 @@ DEV_SECRET_KEY = "django-insecure-herald-development-key-do-not-use-in-productio
 DEV_ENCRYPTION_KEY = "aGVyYWxkLWRldmVsb3BtZW50LWtleS0wMDAwMDAwMDA="
 MIN_SECRET_KEY_LENGTH = 50
 MAX_API_KEY_CACHE_SECONDS = 5.0
+MIN_METRICS_TOKEN_LENGTH = 24
 
 
 class UnsafeSettings(SystemExit):
@@ -42,6 +43,7 @@ def refuse_unsafe_settings(
     encryption_keys: Sequence[str],
     api_key_cache_seconds: float,
     allow_loopback_urls: bool = False,
+    metrics_token: str = "",
 ) -> None:
     problems: list[str] = []
     if api_key_cache_seconds < 0 or api_key_cache_seconds > MAX_API_KEY_CACHE_SECONDS:
@@ -82,6 +84,11 @@ def refuse_unsafe_settings(
             problems.append(
                 "HERALD_ALLOW_LOOPBACK_URLS is on; tenant-supplied URLs could reach this "
                 "machine's own services (it is for local development sinks only)"
+            )
+        if metrics_token and len(metrics_token) < MIN_METRICS_TOKEN_LENGTH:
+            problems.append(
+                f"HERALD_METRICS_TOKEN is shorter than {MIN_METRICS_TOKEN_LENGTH} characters; "
+                "use a random one (or leave it empty to turn /metrics off)"
             )
 
     if problems:

@@ -79,6 +79,10 @@ HERALD_CALLBACK_CACHE_SECONDS: float = env.float("HERALD_CALLBACK_CACHE_SECONDS"
 HERALD_VAPID_CONTACT: str = env.str("HERALD_VAPID_CONTACT", default="mailto:ops@localhost")
 # Where recipients' mail clients reach Herald: unsubscribe, open and click links.
 HERALD_PUBLIC_URL: str = env.str("HERALD_PUBLIC_URL", default="http://localhost:8000")
+# Bearer token of /metrics (Prometheus); empty turns the endpoint off.
+HERALD_METRICS_TOKEN: str = env.str("HERALD_METRICS_TOKEN", default="")
+# Where the staff dashboard links for errors (a Sentry project's issues page).
+HERALD_SENTRY_URL: str = env.str("HERALD_SENTRY_URL", default="")
 
 safety.refuse_unsafe_settings(
     herald_env=HERALD_ENV,
@@ -88,6 +92,7 @@ safety.refuse_unsafe_settings(
     encryption_keys=HERALD_ENCRYPTION_KEYS,
     api_key_cache_seconds=HERALD_API_KEY_CACHE_SECONDS,
     allow_loopback_urls=HERALD_ALLOW_LOOPBACK_URLS,
+    metrics_token=HERALD_METRICS_TOKEN,
 )
 
 # --- Applications ------------------------------------------------------------
@@ -378,4 +383,5 @@ CELERY_BEAT_SCHEDULE = {
     "events-sweep": {"task": "rules_engine.events_sweep_all", "schedule": 15.0},
     "digests-flush": {"task": "rules_engine.digests_flush_all", "schedule": 15.0},
     "messages-sweep": {"task": "channels_delivery.messages_sweep_all", "schedule": 15.0},
+    "stats-fold": {"task": "channels_delivery.stats_fold_all", "schedule": 10.0},
 }

@@ -29,6 +29,7 @@ from channels_delivery.inbox_auth import (
     inbox_authenticate,
 )
 from channels_delivery.views_tracking import is_tracking_path, tracking_dispatch
+from dashboard.metrics import metrics
 from herald.limits import (
     QuotaReservation,
     RateLimitDecision,
@@ -49,6 +50,8 @@ API_PREFIX = "/api/"
 PUBLIC_API_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/docs"})
 # Answered for every Host header, before any tenant lookup or host validation.
 HEALTH_PATHS = frozenset({"/healthz"})
+# Prometheus scrapes by address too; the view checks its own bearer token.
+METRICS_PATH = "/metrics"
 SEND_EVENT_PATH = "/api/v1/events"
 # The in-app inbox is read by the tenant's frontend, which has no API key: it
 # proves a subscriber with a hash instead (channels_delivery.inbox_auth). The
@@ -102,6 +105,8 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
         if path in HEALTH_PATHS:
             # Load balancers probe by IP address: answer before host validation.
             return healthz(request)
+        if path == METRICS_PATH:
+            return metrics(request)
         if is_tracking_path(path):
             # Links in emails live on the public address; their signed token names
             # the tenant, and the view switches to it (channels_delivery.views_tracking).

@@ -5,6 +5,11 @@ made once per session, committed (so worker processes see them too), and every
 test runs inside a transaction that is rolled back, as pytest-django does.
 """
 
+import faulthandler
+import os
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -21,6 +26,34 @@ from tenants.services import public_tenant_ensure, tenant_create
 from tests.factories import api_key_issue
 
 TENANT_PASSWORD = "correct-horse-battery-staple-42"
+EXIT_WATCHDOG_SECONDS = 60.0
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread a test left blocked (an event loop that never finishes cancelling,
+    say) keeps the interpreter from exiting after the summary, turning one failure
+    into a run that never ends. A watchdog that dies with a normal exit ends such
+    a run: it prints every thread's stack and exits with the run's own status."""
+
+    def watchdog() -> None:
+        time.sleep(EXIT_WATCHDOG_SECONDS)
+        print(
+            f"\n[tests] still running {EXIT_WATCHDOG_SECONDS:.0f} s after the run ended;"
+            " these threads did not finish:",
+            file=sys.stderr,
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1] if _exit_status else 1)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 
 @pytest.fixture(scope="session")

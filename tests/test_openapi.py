@@ -396,6 +396,7 @@ def test_document_is_openapi_3_and_lists_every_router(document: dict[str, Any]) 
         "/api/v1/webhook-endpoints",
         "/api/v1/webhook-endpoints/{endpoint_id}",
         "/api/v1/webhook-endpoints/{endpoint_id}/replay",
+        "/api/v1/stats",
     } <= set(document["paths"])
 
 

@@ -83,7 +83,17 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     S.CANCELLED: frozenset(),
 }
 # The time a status is reached is kept in its own column.
-STAMPS: Mapping[str, str] = {S.SENT: "sent_at", S.DELIVERED: "delivered_at", S.FAILED: "failed_at"}
+# The time each status is reached; the analytics rollup counts these columns.
+# A bounce is a failure reported after the provider accepted the message.
+STAMPS: Mapping[str, str] = {
+    S.SENT: "sent_at",
+    S.DELIVERED: "delivered_at",
+    S.FAILED: "failed_at",
+    S.BOUNCED: "failed_at",
+    S.OPENED: "opened_at",
+    S.CLICKED: "clicked_at",
+    S.READ: "read_at",
+}
 ERROR_MAX = Message._meta.get_field("error").max_length or 500
 ATTEMPT_ERROR_MAX = 2000
 

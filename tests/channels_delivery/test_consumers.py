@@ -1,11 +1,12 @@
 """/ws/inbox: the live in-app inbox, authenticated like the HTTP inbox."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django_tenants.utils import tenant_context
@@ -19,9 +20,19 @@ from channels_delivery.services.inbox import inbox_notify
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
 
-pytestmark = pytest.mark.django_db
+# A WebSocket scenario takes a second or two; one that hangs fails in a minute.
+pytestmark = [pytest.mark.django_db, pytest.mark.timeout(60)]
 
 application = URLRouter(websocket_urlpatterns)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> Iterator[None]:
+    """Each test runs its own event loop: give each its own layer, so nothing a
+    previous loop left in the shared one (a receive lock, a pool) is reused."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +111,7 @@ def test_another_subscribers_hash_is_refused(tenant_a: Tenant) -> None:
         await socket.connect()
         error = await socket.receive_json_from(timeout=5)
         closed = await socket.receive_output(timeout=5)
+        await socket.disconnect()
         return error, closed
 
     error, closed = async_to_sync(scenario)()
@@ -120,6 +132,7 @@ def test_missing_query_parameters_are_named(tenant_a: Tenant) -> None:
         await socket.connect()
         message: dict[str, Any] = await socket.receive_json_from(timeout=5)
         await socket.receive_output(timeout=5)
+        await socket.disconnect()
         return message
 
     error = async_to_sync(scenario)()
