@@ -243,3 +243,33 @@ def platform_by_provider(*, start: datetime, end: datetime) -> dict[tuple[int, s
     for tenant_id, channel, provider, metric, value in rows:
         grouped[(tenant_id, channel, provider)].append((metric, value))
     return {key: _totals(pairs) for key, pairs in grouped.items()}
+
+
+def provider_failure_rates(*, start: datetime, end: datetime) -> dict[tuple[str, str], float]:
+    """The current tenant's failure rate per (channel, provider) in the period,
+    for providers that sent or failed anything."""
+    start, end = hour_floor(start), hour_ceiling(end)
+    sql = """
+        SELECT channel, provider, metric, sum(value)::bigint
+        FROM (
+            SELECT channel, provider, metric, value FROM channels_delivery_statshour
+            WHERE hour >= %(start)s AND hour < %(end)s AND metric IN ('sent', 'failed')
+            UNION ALL
+            SELECT channel, provider, metric, amount FROM channels_delivery_statsdelta
+            WHERE hour >= %(start)s AND hour < %(end)s AND metric IN ('sent', 'failed')
+        ) AS counted
+        WHERE provider <> ''
+        GROUP BY 1, 2, 3
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"start": start, "end": end})
+        rows = cursor.fetchall()
+    grouped: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    for channel, provider, metric, value in rows:
+        grouped[(channel, provider)].append((metric, value))
+    rates = {}
+    for key, pairs in grouped.items():
+        rate = _totals(pairs).rates["failure"]
+        if rate is not None:
+            rates[key] = rate
+    return rates

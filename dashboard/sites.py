@@ -6,7 +6,10 @@ tenant's own users (users of that tenant's schema). Neither URL configuration
 mounts the other site, so a tenant admin can not reach the staff admin.
 """
 
+from typing import Any
+
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django_tenants.utils import get_public_schema_name
 from unfold.sites import UnfoldAdminSite
 
@@ -32,11 +35,27 @@ def site_subheader(request: HttpRequest) -> str:
 
 
 class StaffAdminSite(UnfoldAdminSite):
-    index_title = "Platform administration"
+    index_title = "Platform health"
+    index_template = "dashboard/home_staff.html"
+
+    def index(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> TemplateResponse:
+        from dashboard.home import staff_home
+
+        return super().index(request, {**staff_home(request), **(extra_context or {})})
 
 
 class TenantAdminSite(UnfoldAdminSite):
-    index_title = "Notifications"
+    index_title = "Delivery overview"
+    index_template = "dashboard/home_tenant.html"
+
+    def index(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> TemplateResponse:
+        from dashboard.home import tenant_home
+
+        return super().index(request, {**tenant_home(request), **(extra_context or {})})
 
 
 staff_admin_site = StaffAdminSite(name="staff_admin")
