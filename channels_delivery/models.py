@@ -99,6 +99,8 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["subscriber", "-created_at"], name="message_subscriber_idx"),
             models.Index(fields=["status", "-created_at"], name="message_status_idx"),
+            # The dashboard's message log filtered by channel, newest first.
+            models.Index(fields=["channel", "-created_at"], name="message_channel_idx"),
             # The inbox feed: one subscriber's in_app messages, archived or not, newest first.
             models.Index(
                 fields=["subscriber", "channel", "archived_at", "-created_at"],
@@ -335,6 +337,8 @@ class StatusCallback(models.Model):
         indexes = [
             models.Index(fields=["status", "updated_at"], name="callback_status_idx"),
             models.Index(fields=["endpoint", "-created_at"], name="callback_endpoint_idx"),
+            # A message's timeline lists the callbacks it caused.
+            models.Index(fields=["message_id"], name="callback_message_idx"),
         ]
 
     def __str__(self) -> str:

@@ -6,17 +6,21 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
-from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.contrib.auth.models import Group, User
-from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.utils.html import format_html_join
+from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django_tenants.utils import tenant_context
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
-from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 from unfold.widgets import (
     UnfoldAdminIntegerFieldWidget,
     UnfoldAdminSelectWidget,
@@ -25,10 +29,21 @@ from unfold.widgets import (
     UnfoldBooleanSwitchWidget,
 )
 
+from dashboard import design_views
+from dashboard.content_access import (
+    ACCESS_MINUTES,
+    ReasonForm,
+    content_access_current,
+    content_access_grant,
+    may_open_content,
+    tenant_content_read,
+)
+from dashboard.models import ContentAccess, ContentAccessView, TenantStatsHour
 from dashboard.sites import staff_admin_site, tenant_admin_site
+from herald.limits import month_bounds
 from herald.problems import FieldError
 from rules_engine.event_types import payload_schema_check
-from rules_engine.models import EventType, Layout, Rule, Template
+from rules_engine.models import EventType, Layout, Rule, Subscriber, Template
 from rules_engine.rule_options import VERSIONED_FIELDS
 from rules_engine.selectors.rules import rule_versions_current, rules_using_template
 from rules_engine.selectors.templates import template_versions_current, templates_using_layout
@@ -56,21 +71,6 @@ from tenants.models import ApiKey, Domain, Plan, Tenant
 from tenants.services import api_key_revoke, tenant_set_active
 
 
-class UserAdmin(BaseUserAdmin, ModelAdmin):
-    form = UserChangeForm
-    add_form = UserCreationForm
-    change_password_form = AdminPasswordChangeForm
-
-
-class GroupAdmin(BaseGroupAdmin, ModelAdmin):
-    pass
-
-
-for site in (staff_admin_site, tenant_admin_site):
-    site.register(User, UserAdmin)
-    site.register(Group, GroupAdmin)
-
-
 class DomainInline(TabularInline):
     model = Domain
     extra = 0
@@ -87,13 +87,84 @@ class PlanAdmin(ModelAdmin):
 
 
 class TenantAdmin(ModelAdmin):
-    list_display = ["slug", "name", "plan", "is_active", "created_at"]
+    list_display = ["slug", "name", "plan", "events_this_month", "is_active", "created_at"]
     list_filter = ["is_active", "plan"]
     search_fields = ["slug", "name"]
-    readonly_fields = ["slug", "schema_name", "created_at"]
-    fields = ["name", "slug", "schema_name", "plan", "is_active", "created_at"]
+    readonly_fields = ["slug", "schema_name", "created_at", "usage"]
+    fields = ["name", "slug", "schema_name", "plan", "is_active", "created_at", "usage"]
     inlines = [DomainInline]
     actions = ["suspend", "resume"]
+    actions_detail = ["open_content"]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<int:object_id>/content/",
+                view(self.content_view),
+                name="tenants_tenant_content",
+            ),
+            path(
+                "<int:object_id>/content/open/",
+                view(self.content_open_view),
+                name="tenants_tenant_content_open",
+            ),
+            *super().get_urls(),
+        ]
+
+    @action(description="Open content (audited)", url_path="open-content")
+    def open_content(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        return redirect("staff_admin:tenants_tenant_content_open", object_id=object_id)
+
+    def _tenant_or_404(self, object_id: int) -> Tenant:
+        tenant = self.get_queryset_plain().filter(pk=object_id).first()
+        if tenant is None:
+            raise Http404("No such tenant.")
+        return tenant
+
+    def get_queryset_plain(self) -> QuerySet[Tenant]:
+        return Tenant.objects.exclude(schema_name="public")
+
+    def content_open_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Ask for the reason, then grant (services in dashboard.content_access)."""
+        tenant = self._tenant_or_404(object_id)
+        if not may_open_content(request.user):
+            raise PermissionDenied("You do not have the permission to open tenant content.")
+        form = ReasonForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            content_access_grant(
+                user=request.user, tenant=tenant, reason=form.cleaned_data["reason"]
+            )
+            return redirect("staff_admin:tenants_tenant_content", object_id=tenant.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Open the content of {tenant.name}",
+            "tenant": tenant,
+            "form": form,
+            "minutes": ACCESS_MINUTES,
+            "back_url": reverse("staff_admin:tenants_tenant_change", args=[tenant.pk]),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "dashboard/content_open.html", context)
+
+    def content_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        tenant = self._tenant_or_404(object_id)
+        access = content_access_current(user=request.user, tenant=tenant)
+        if access is None:
+            if not may_open_content(request.user):
+                raise PermissionDenied("You do not have the permission to open tenant content.")
+            return redirect("staff_admin:tenants_tenant_content_open", object_id=tenant.pk)
+        content = tenant_content_read(access=access, path=request.get_full_path())
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Content of {tenant.name}",
+            "tenant": tenant,
+            "access": access,
+            "content": content,
+            "back_url": reverse("staff_admin:tenants_tenant_change", args=[tenant.pk]),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "dashboard/content.html", context)
 
     # Tenants are created by `herald tenant_create` (schema, domain and admin
     # user together) and never deleted from a list page.
@@ -104,7 +175,62 @@ class TenantAdmin(ModelAdmin):
         return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
-        return super().get_queryset(request).exclude(schema_name="public")
+        # Usage from the public rollup, in the list's own query: no schema is visited.
+        month_start, _ = month_bounds(timezone.now())
+        events = (
+            TenantStatsHour.objects.filter(
+                tenant=OuterRef("pk"), metric="events", hour__gte=month_start
+            )
+            .values("tenant")
+            .annotate(total=Sum("value"))
+            .values("total")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .exclude(schema_name="public")
+            .select_related("plan")
+            .annotate(month_events=Coalesce(Subquery(events), 0))
+        )
+
+    @display(description="Events this month", label=True)
+    def events_this_month(self, obj: Tenant) -> tuple[str, str] | str:
+        used = getattr(obj, "month_events", 0)
+        quota = obj.plan.events_per_month if obj.plan else None
+        if not quota:
+            return f"{used:,}"
+        share = used / quota
+        tone = "danger" if share >= 1 else "warning" if share >= 0.8 else "success"
+        return tone, f"{used:,} / {quota:,} ({share:.0%})"
+
+    @display(description="Usage against the plan")
+    def usage(self, obj: Tenant) -> str:
+        """Events from the rollup; subscribers counted in the tenant's schema
+        (figures only: this page never reads content)."""
+        if obj.pk is None:
+            return "-"
+        month_start, _ = month_bounds(timezone.now())
+        used = (
+            TenantStatsHour.objects.filter(
+                tenant=obj, metric="events", hour__gte=month_start
+            ).aggregate(total=Sum("value"))["total"]
+            or 0
+        )
+        with tenant_context(obj):
+            subscribers = Subscriber.objects.count()
+        plan = obj.plan
+        rows = [
+            ("Events this month", used, plan.events_per_month if plan else None),
+            ("Subscribers", subscribers, plan.max_subscribers if plan else None),
+        ]
+        return format_html_join(
+            mark_safe("<br>"),
+            "{}: {}",
+            (
+                (name, f"{value:,} of {limit:,} ({value / limit:.0%})" if limit else f"{value:,}")
+                for name, value, limit in rows
+            ),
+        )
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -154,9 +280,40 @@ class ApiKeyAdmin(ModelAdmin):
         messages.success(request, f"Revoked {queryset.count()} key(s).")
 
 
+class ContentAccessViewInline(TabularInline):
+    model = ContentAccessView
+    extra = 0
+    fields = ["viewed_at", "path"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ContentAccessAdmin(ModelAdmin):
+    """The audit trail of staff opening tenant content: read only, kept."""
+
+    list_display = ["granted_at", "staff_user", "tenant", "reason", "expires_at"]
+    list_filter = ["tenant", "staff_user"]
+    search_fields = ["reason", "staff_user__username", "tenant__slug"]
+    readonly_fields = ["staff_user", "tenant", "reason", "granted_at", "expires_at"]
+    inlines = [ContentAccessViewInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 staff_admin_site.register(Plan, PlanAdmin)
 staff_admin_site.register(Tenant, TenantAdmin)
 staff_admin_site.register(ApiKey, ApiKeyAdmin)
+staff_admin_site.register(ContentAccess, ContentAccessAdmin)
 
 
 # --- the tenant's rules engine: event types, rules, templates, layouts -----------
@@ -203,6 +360,13 @@ def _json_widget() -> UnfoldAdminTextareaWidget:
     return UnfoldAdminTextareaWidget(attrs={"rows": 6, "class": "font-mono"})
 
 
+class _OptionalJSONField(forms.JSONField):
+    """An option left unset shows as an empty box, not as ``null``."""
+
+    def prepare_value(self, value: Any) -> Any:
+        return "" if value is None else super().prepare_value(value)
+
+
 class EventTypeAdminForm(forms.ModelForm):
     class Meta:
         model = EventType
@@ -242,6 +406,24 @@ class EventTypeAdminForm(forms.ModelForm):
         if not isinstance(sample, dict):
             raise forms.ValidationError("must be a JSON object")
         return sample
+
+    def clean(self) -> dict[str, Any]:
+        """The sample must be an event the schema accepts: rules are tested and
+        templates previewed against it."""
+        cleaned: dict[str, Any] = super().clean() or {}
+        schema, sample = cleaned.get("payload_schema"), cleaned.get("sample_payload")
+        if schema and sample is not None and not self.has_error("payload_schema"):
+            problems = sorted(
+                Draft202012Validator(schema, format_checker=FormatChecker()).iter_errors(sample),
+                key=lambda e: list(e.path),
+            )
+            for problem in problems[:5]:
+                where = "/".join(str(part) for part in problem.absolute_path)
+                self.add_error(
+                    "sample_payload",
+                    f"{where}: {problem.message}" if where else problem.message,
+                )
+        return cleaned
 
 
 class EventTypeAdmin(ModelAdmin):
@@ -299,17 +481,17 @@ class RuleAdminForm(forms.ModelForm):
         widget=UnfoldAdminIntegerFieldWidget,
         help_text="Wait this long before sending (up to 30 days).",
     )
-    digest = forms.JSONField(
+    digest = _OptionalJSONField(
         required=False,
         widget=_json_widget(),
         help_text='{"key": "<CEL giving a string, or empty>", "window_seconds": 3600}',
     )
-    throttle = forms.JSONField(
+    throttle = _OptionalJSONField(
         required=False,
         widget=_json_widget(),
         help_text='{"limit": 3, "window_seconds": 86400}',
     )
-    send_window = forms.JSONField(
+    send_window = _OptionalJSONField(
         required=False,
         widget=_json_widget(),
         help_text='{"start": "08:00", "end": "21:00"} in the subscriber\'s time zone',
@@ -343,6 +525,10 @@ class RuleAdminForm(forms.ModelForm):
         return cleaned
 
 
+# What a reader sees in place of each versioned form field (RuleAdmin.get_fieldsets).
+_RULE_SHOWN = {field: f"shown_{field}" for field in VERSIONED_FIELDS}
+
+
 class RuleAdmin(ModelAdmin):
     form = RuleAdminForm
     list_display = ["name", "event_type", "enabled", "order", "current_version", "updated_at"]
@@ -350,6 +536,8 @@ class RuleAdmin(ModelAdmin):
     search_fields = ["name", "event_type__key"]
     list_select_related = ["event_type"]
     readonly_fields = ["current_version", "history"]
+    actions_detail = ["test_run"]
+    actions_row = ["test_run"]
     fieldsets = [
         (None, {"fields": ["name", "event_type", "enabled", "order"]}),
         ("When", {"fields": ["condition"]}),
@@ -357,6 +545,90 @@ class RuleAdmin(ModelAdmin):
         ("Timing", {"fields": ["delay_seconds", "digest", "throttle", "send_window"]}),
         ("Versions", {"fields": ["current_version", "history"]}),
     ]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """A reader (no change permission) sees the current version through the
+        ``shown_*`` displays: Django shows read-only fields from the admin or the
+        model, and the form's versioned fields are neither (``actions`` would even
+        resolve to ModelAdmin.actions)."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        return [
+            (title, {**options, "fields": [_RULE_SHOWN.get(f, f) for f in options["fields"]]})
+            for title, options in fieldsets
+        ]
+
+    def _current(self, obj: Rule) -> Any:
+        cached = getattr(obj, "_current_version_row", None)
+        if cached is None:
+            cached = rule_versions_current([obj]).get(obj.pk)
+            obj._current_version_row = cached  # type: ignore[attr-defined]
+        return cached
+
+    @display(description="Condition")
+    def shown_condition(self, obj: Rule) -> str:
+        version = self._current(obj)
+        if version is None:
+            return "-"
+        return (
+            format_html('<code class="font-mono">{}</code>', version.condition)
+            if version.condition
+            else "(none: every event of the type)"
+        )
+
+    @display(description="Actions")
+    def shown_actions(self, obj: Rule) -> str:
+        version = self._current(obj)
+        if version is None:
+            return "-"
+        return format_html_join(
+            mark_safe("<br>"),
+            "{} with template {}",
+            ((action["channel"], action["template"]) for action in version.actions),
+        )
+
+    @display(description="Recipients")
+    def shown_recipients(self, obj: Rule) -> str:
+        version = self._current(obj)
+        if version is None:
+            return "-"
+        selector = version.recipients
+        kind = selector.get("kind")
+        if kind == "topic":
+            return f"The members of topic {selector.get('topic')}"
+        if kind == "broadcast":
+            return f"Every subscriber matching {selector.get('filter') or '(no filter)'}"
+        return "The subscribers the event names"
+
+    @display(description="Delay")
+    def shown_delay_seconds(self, obj: Rule) -> str:
+        version = self._current(obj)
+        return f"{version.delay_seconds} s" if version and version.delay_seconds else "-"
+
+    @display(description="Digest")
+    def shown_digest(self, obj: Rule) -> str:
+        version = self._current(obj)
+        if version is None or not version.digest:
+            return "-"
+        key = version.digest.get("key") or "(one batch per subscriber)"
+        return f"Batches by {key}, sent {version.digest['window_seconds']} s after the first event"
+
+    @display(description="Throttle")
+    def shown_throttle(self, obj: Rule) -> str:
+        version = self._current(obj)
+        if version is None or not version.throttle:
+            return "-"
+        throttle = version.throttle
+        return f"At most {throttle['limit']} per subscriber in {throttle['window_seconds']} s"
+
+    @display(description="Send window")
+    def shown_send_window(self, obj: Rule) -> str:
+        version = self._current(obj)
+        if version is None or not version.send_window:
+            return "-"
+        window = version.send_window
+        return f"{window['start']} to {window['end']} in the subscriber's time zone"
 
     @display(description="History")
     def history(self, obj: Rule) -> str:
@@ -366,6 +638,15 @@ class RuleAdmin(ModelAdmin):
             (v.version, v.created_at, v.created_by, v.condition or "(always)")
             for v in obj.versions.order_by("-version")
         )
+
+    @action(
+        description="Test against sample event",
+        url_path="test",
+        icon="science",
+        permissions=["view"],
+    )
+    def test_run(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return design_views.rule_test_view(self, request, object_id)
 
     def save_model(self, request: HttpRequest, obj: Rule, form: Any, change: bool) -> None:
         definition = form.definition.stored()
@@ -466,16 +747,75 @@ class TemplateAdminForm(forms.ModelForm):
         return cleaned
 
 
+# What a reader sees in place of each content field (TemplateAdmin.get_fieldsets).
+_TEMPLATE_SHOWN = {
+    field: f"shown_{field}" for field in ("variants", "fallback_locale", "strict", "layout")
+}
+
+
 class TemplateAdmin(ModelAdmin):
     form = TemplateAdminForm
     list_display = ["key", "name", "channel", "current_version", "updated_at"]
     list_filter = ["channel"]
     search_fields = ["key", "name", "description"]
+    actions_detail = ["preview", "send_test"]
+    actions_row = ["preview"]
     fieldsets = [
         (None, {"fields": ["key", "name", "channel", "description"]}),
         ("Content", {"fields": ["variants", "fallback_locale", "strict", "layout"]}),
         ("Versions", {"fields": ["current_version", "history"]}),
     ]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """A reader sees the current version through the ``shown_*`` displays (the
+        form's content fields are not the model's, so Django could not show them)."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        return [
+            (title, {**options, "fields": [_TEMPLATE_SHOWN.get(f, f) for f in options["fields"]]})
+            for title, options in fieldsets
+        ]
+
+    def _current(self, obj: Template) -> Any:
+        cached = getattr(obj, "_current_version_row", None)
+        if cached is None:
+            cached = template_versions_current([obj.key]).get(obj.key)
+            obj._current_version_row = cached  # type: ignore[attr-defined]
+        return cached
+
+    @display(description="Variants")
+    def shown_variants(self, obj: Template) -> str:
+        version = self._current(obj)
+        if version is None:
+            return "-"
+        return format_html_join(
+            "",
+            '<div class="mb-3"><div class="font-semibold">{} · {}</div>'
+            '<pre class="bg-base-50 border border-base-200 font-mono p-2 rounded-default '
+            'text-sm dark:bg-base-800 dark:border-base-700" '
+            'style="white-space: pre-wrap; overflow-wrap: anywhere;">{}</pre></div>',
+            (
+                (locale, field, source)
+                for locale, fields in sorted(version.variants.items())
+                for field, source in fields.items()
+            ),
+        )
+
+    @display(description="Fallback locale")
+    def shown_fallback_locale(self, obj: Template) -> str:
+        version = self._current(obj)
+        return version.fallback_locale if version is not None else "-"
+
+    @display(description="Strict", boolean=True)
+    def shown_strict(self, obj: Template) -> bool | None:
+        version = self._current(obj)
+        return version.strict if version is not None else None
+
+    @display(description="Layout")
+    def shown_layout(self, obj: Template) -> str:
+        version = self._current(obj)
+        return version.layout.key if version is not None and version.layout else "-"
 
     @display(description="History")
     def history(self, obj: Template) -> str:
@@ -485,6 +825,15 @@ class TemplateAdmin(ModelAdmin):
             (v.version, v.created_at, v.created_by, ", ".join(sorted(v.variants)))
             for v in obj.versions.order_by("-version")
         )
+
+    @action(description="Preview", url_path="preview", icon="preview", permissions=["view"])
+    def preview(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return design_views.template_preview_view(self, request, object_id)
+
+    # A test send is a real message through the tenant's integrations: editors and admins.
+    @action(description="Send test", url_path="send-test", icon="send", permissions=["change"])
+    def send_test(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return design_views.template_send_test_view(self, request, object_id)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Sequence[str]:
         # Rules name a template by key, and its fields depend on the channel.
@@ -594,3 +943,7 @@ tenant_admin_site.register(EventType, EventTypeAdmin)
 tenant_admin_site.register(Rule, RuleAdmin)
 tenant_admin_site.register(Template, TemplateAdmin)
 tenant_admin_site.register(Layout, LayoutAdmin)
+
+
+# The other pages, one module per area; importing registers them.
+from dashboard import admin_delivery, admin_keys, admin_users  # noqa: E402, F401

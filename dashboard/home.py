@@ -121,7 +121,7 @@ def _bucket_label(moment: datetime, grain: Grain) -> str:
     return f"{moment:%H:00}" if grain == "hour" else f"{moment:%b %d}"
 
 
-def charts(report: Report) -> dict[str, str]:
+def charts(report: Report) -> dict[str, Any]:
     """Chart.js data (as unfold's chart components take it): per channel over time,
     and delivered against failed."""
     buckets = report.buckets
@@ -138,6 +138,7 @@ def charts(report: Report) -> dict[str, str]:
                 values.append(counts.get(channel, {}).get(metric, 0))
         return values
 
+    # Unfold's chart defaults hide the y axis unless a dataset asks for it.
     by_channel = {
         "labels": labels,
         "datasets": [
@@ -146,18 +147,42 @@ def charts(report: Report) -> dict[str, str]:
                 "data": per_bucket("sent", channel),
                 "borderColor": COLOURS.get(channel, "#64748b"),
                 "backgroundColor": COLOURS.get(channel, "#64748b"),
+                "displayYAxis": index == 0,
             }
-            for channel in channels
+            for index, channel in enumerate(channels)
         ],
     }
+    # Unfold overlaps bars (grouped: false) and Chart.js draws the first dataset
+    # on top: failures first, so they show over the taller delivered bars.
     outcomes = {
         "labels": labels,
         "datasets": [
-            {"label": "delivered", "data": per_bucket("delivered"), "backgroundColor": "#10b981"},
-            {"label": "failed", "data": per_bucket("failed"), "backgroundColor": "#ef4444"},
+            {
+                "label": "failed",
+                "data": per_bucket("failed"),
+                "backgroundColor": "#ef4444",
+                "maxBarThickness": 14,
+                "displayYAxis": True,
+            },
+            {
+                "label": "delivered",
+                "data": per_bucket("delivered"),
+                "backgroundColor": "#10b981",
+                "maxBarThickness": 14,
+            },
         ],
     }
-    return {"by_channel": json.dumps(by_channel), "outcomes": json.dumps(outcomes)}
+    return {
+        "by_channel": json.dumps(by_channel),
+        "outcomes": json.dumps(outcomes),
+        "legend": [
+            {"label": channel, "colour": COLOURS.get(channel, "#64748b")} for channel in channels
+        ],
+        "outcome_legend": [
+            {"label": "delivered", "colour": "#10b981"},
+            {"label": "failed", "colour": "#ef4444"},
+        ],
+    }
 
 
 def _admin_link(view: str, *args: Any) -> str | None:

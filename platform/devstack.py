@@ -19,12 +19,13 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SHUTDOWN_GRACE_SECONDS = 15.0
 WEB_START_TIMEOUT_SECONDS = 60.0
 EMBEDDED_REDIS_PORT = 6390
+# The browser tests drive Debian's Chromium; Playwright can not download its own here.
+CHROMIUM = Path("/usr/bin/chromium")
+# Why Chromium is missing, handed to pytest (tests/browser.py reports it).
+CHROMIUM_PROBLEM_ENV = "HERALD_CHROMIUM_PROBLEM"
+APT_TIMEOUT_SECONDS = 900.0
+# What apt-get says when its package lists are stale (old versions gone from the
+# mirror) or were never downloaded (a fresh container): an update fixes both.
+STALE_LISTS_SIGNS = (
+    "Unable to locate package",
+    "has no installation candidate",
+    "Unable to fetch some archives",
+    "Failed to fetch",
+    "404  Not Found",
+)
 
 
 class DevstackError(RuntimeError):
@@ -336,6 +351,89 @@ Herald is running. Ctrl-C stops everything.
     )
 
 
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    output: str
+
+
+def run_command(command: list[str]) -> CommandResult:
+    """Run a command to its end, output captured (shown only when it fails)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_SECONDS
+        )
+    except subprocess.TimeoutExpired:
+        return CommandResult(1, f"`{' '.join(command)}` took more than {APT_TIMEOUT_SECONDS:g} s")
+    except OSError as error:
+        return CommandResult(1, str(error))
+    return CommandResult(result.returncode, result.stdout + result.stderr)
+
+
+def _tail(output: str, lines: int = 5) -> str:
+    return "\n".join(output.strip().splitlines()[-lines:])
+
+
+def chromium_ensure(
+    *,
+    run: Callable[[list[str]], CommandResult] = run_command,
+    installed: Callable[[], bool] = CHROMIUM.exists,
+    which: Callable[[str], str | None] = shutil.which,
+    euid: Callable[[], int] = os.geteuid,
+    clock: Callable[[], float] = time.monotonic,
+) -> str | None:
+    """Install Debian's Chromium for the browser tests when it is missing.
+
+    A new machine (CI's included) has only Python, so the test command installs
+    the browser itself when it may (root, or password-less sudo). Returns None
+    when Chromium is there, else why it is not, for the tests to report."""
+    if installed():
+        return None
+    missing = f"Chromium is not installed ({CHROMIUM} is missing)"
+    if which("apt-get") is None:
+        say(f"{missing} and there is no apt-get to install it; the browser tests can not run")
+        return f"{missing} and there is no apt-get to install it"
+    if euid() == 0:
+        sudo: list[str] = []
+    elif which("sudo") is not None and run(["sudo", "-n", "true"]).returncode == 0:
+        sudo = ["sudo", "-n"]
+    else:
+        problem = (
+            f"{missing}; installing it needs root, we are not root and `sudo -n` is not "
+            "allowed: run `sudo apt-get install chromium`"
+        )
+        say(problem)
+        return problem
+    # Another apt-get holding the dpkg lock is waited for, a while, not failed on.
+    apt = [*sudo, "apt-get", "-o", "DPkg::Lock::Timeout=120"]
+    install = [*apt, "install", "-y", "--no-install-recommends", "chromium"]
+    started = clock()
+
+    def failed(step: str, result: CommandResult) -> str:
+        problem = f"Chromium could not be installed: `{step}` failed:\n{_tail(result.output)}"
+        say(f"{problem}\n(after {clock() - started:.0f} s)")
+        return problem
+
+    say("installing chromium for the browser tests (apt-get)…")
+    result = run(install)
+    if result.returncode != 0 and any(sign in result.output for sign in STALE_LISTS_SIGNS):
+        say("the package lists are stale or missing; updating them (apt-get update)…")
+        updated = run([*apt, "update"])
+        if updated.returncode != 0:
+            return failed("apt-get update", updated)
+        say("installing chromium for the browser tests (apt-get), again…")
+        result = run(install)
+    if result.returncode != 0:
+        return failed("apt-get install chromium", result)
+    if not installed():
+        problem = f"apt-get installed chromium, but {CHROMIUM} is still missing"
+        say(problem)
+        return problem
+    say(f"installed chromium in {clock() - started:.0f} s")
+    return None
+
+
 def command_test(arguments: argparse.Namespace) -> int:
     with services(database="herald", redis_db=15) as found:
         env = child_env(found, HERALD_ENV="test")
@@ -349,6 +447,11 @@ def command_test(arguments: argparse.Namespace) -> int:
         failed: list[str] = []
         for name, command in steps:
             say(f"--- {name}")
+            if name == "pytest":
+                chromium_problem = chromium_ensure()
+                env.pop(CHROMIUM_PROBLEM_ENV, None)
+                if chromium_problem is not None:
+                    env[CHROMIUM_PROBLEM_ENV] = chromium_problem
             if subprocess.run(command, env=env, cwd=ROOT).returncode != 0:
                 failed.append(name)
     if failed:

@@ -351,6 +351,11 @@ UNFOLD = {
     "SITE_SUBHEADER": "dashboard.sites.site_subheader",
     "SITE_SYMBOL": "campaign",
     "SHOW_HISTORY": True,
+    "SIDEBAR": {
+        "show_search": True,
+        "show_all_applications": False,
+        "navigation": "dashboard.navigation.sidebar",
+    },
 }
 
 # --- Logging and error reporting ------------------------------------------------

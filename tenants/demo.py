@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django_tenants.utils import schema_context
 
+from dashboard.roles import Role, user_role_set
 from tenants.authentication import token_hash
 from tenants.models import ApiKey, ApiScope, Tenant
 from tenants.services import (
@@ -93,6 +94,7 @@ def demo_ensure() -> DemoInstallation:
                 admin.is_staff = admin.is_superuser = True
                 admin.set_password(credentials["admin_password"])
                 admin.save()
+                user_role_set(user=admin, role=Role.ADMIN)
                 notes.append(f"reset the password of {DEMO_ADMIN_EMAIL} (it was not on record)")
 
     staff = User.objects.filter(username=STAFF_USERNAME).first()

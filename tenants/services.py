@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, schema_context, schema_exists
 
+from dashboard.roles import Role, user_role_set
 from tenants.authentication import api_key_cache, token_hash
 from tenants.db import tenant_connection
 from tenants.models import ApiKey, ApiScope, Domain, Plan, Tenant
@@ -149,9 +150,12 @@ def tenant_create(
             tenant.create_schema(check_if_exists=False, sync_schema=True, verbosity=0)
             domain = Domain.objects.create(domain=hostname, tenant=tenant, is_primary=True)
             with schema_context(schema_name):
-                User.objects.create_superuser(
+                admin = User.objects.create_superuser(
                     username=admin_email, email=admin_email, password=admin_password
                 )
+                # The schema's migration made the roles (dashboard.signals); the
+                # owner is also an admin, as the admins it adds are.
+                user_role_set(user=admin, role=Role.ADMIN)
     except IntegrityError:
         raise ProvisioningError("slug", f"{slug!r} is already taken") from None
     finally:

@@ -9,14 +9,9 @@ Herald ASGI server, from a page on another origin.
 
 import http.server
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +23,6 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 from django_tenants.utils import tenant_context
@@ -39,15 +33,22 @@ from channels_delivery.models import InboxSettings, Message, MessageStatus
 from channels_delivery.services.inbox import inbox_notify
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
+from tests.browser import (
+    Screenshots,
+    chromium,
+    free_port,
+    herald_server,
+    new_page,
+    require_chromium,
+)
 from tests.threads import in_own_connection
-from tests.workers import ROOT, database_url
+from tests.workers import ROOT
 
 pytestmark = pytest.mark.django_db
 
 SCRIPT_PATH = "/static/herald/inbox.js"
 SCRIPT_FILE = ROOT / "channels_delivery" / "static" / "herald" / "inbox.js"
 INBOX_HEADERS = ("X-Herald-Tenant", "X-Herald-Subscriber", "X-Herald-Subscriber-Hash")
-CHROMIUM = Path("/usr/bin/chromium")
 FOREIGN_ORIGIN = "https://app.customer.example"
 
 
@@ -161,53 +162,6 @@ def test_other_api_endpoints_do_not_answer_cors(path: str, api_a: Any) -> None:
 
 
 # --- the widget in a browser ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextmanager
-def herald_server(port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Herald's ASGI application under uvicorn (HTTP and WebSocket, as the demo
-    runs it), on the test database and Redis; ready before the block. Its output
-    goes to ``log`` (appended), shown if it does not start."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "HERALD_ENV": "test",
-    }
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "herald.asgi:application",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"uvicorn did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @contextmanager
@@ -346,20 +300,6 @@ def inbox_api(herald: str, tenant: Tenant, seeded: Seeded, **params: Any) -> dic
     return body
 
 
-def chromium_path() -> str:
-    return str(CHROMIUM) if CHROMIUM.exists() else str(shutil.which("chromium"))
-
-
-def _playwright() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright)")
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    return sync_playwright
-
-
 @dataclass
 class Scene:
     """The browser's page on the tenant's site, and the Herald it talks to."""
@@ -370,6 +310,7 @@ class Scene:
     herald_port: int
     server_log: Path
     site: str
+    screenshots: Screenshots
 
     @property
     def herald(self) -> str:
@@ -377,9 +318,9 @@ class Scene:
 
 
 def test_the_widget_on_another_origin_shows_the_inbox_live(
-    tenant_a: Tenant, tmp_path: Path
+    tenant_a: Tenant, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    sync_playwright = _playwright()
+    require_chromium()
     port = free_port()
     log = tmp_path / "uvicorn.log"
     pages = {"/landing": "<!doctype html><title>Landing</title><link rel=icon href='data:,'>"}
@@ -387,34 +328,25 @@ def test_the_widget_on_another_origin_shows_the_inbox_live(
         seeded = in_own_connection(lambda: seed(tenant_a, landing_url=f"{site}/landing"))
         try:
             pages["/"] = embedding_page(f"http://127.0.0.1:{port}", seeded, tenant_a)
-            with herald_server(port, log) as server, sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=chromium_path(),
-                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                          "--disable-background-networking"],
-                )  # fmt: skip
-                try:
-                    page = browser.new_page()
-                    errors: list[str] = []
-                    page.on("pageerror", lambda error: errors.append(str(error)))
-                    page.on(
-                        "console", lambda m: errors.append(m.text) if m.type == "error" else None
-                    )
-                    page.goto(f"{site}/")
-                    scene = Scene(
-                        page=page,
-                        tenant=tenant_a,
-                        seeded=seeded,
-                        herald_port=port,
-                        server_log=log,
-                        site=site,
-                    )
-                    drive_the_widget(scene, server)
-                    # While Herald restarts, Chromium reports each refused reconnection.
-                    unexpected = [text for text in errors if "WebSocket connection to" not in text]
-                    assert unexpected == []
-                finally:
-                    browser.close()
+            with herald_server(port, log) as server, chromium() as browser:
+                page = new_page(browser)
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto(f"{site}/")
+                scene = Scene(
+                    page=page,
+                    tenant=tenant_a,
+                    seeded=seeded,
+                    herald_port=port,
+                    server_log=log,
+                    site=site,
+                    screenshots=Screenshots(request.node.name),
+                )
+                drive_the_widget(scene, server)
+                # While Herald restarts, Chromium reports each refused reconnection.
+                unexpected = [text for text in errors if "WebSocket connection to" not in text]
+                assert unexpected == []
         finally:
             in_own_connection(lambda: unseed(tenant_a, seeded))
 
@@ -434,6 +366,7 @@ def drive_the_widget(scene: Scene, server: subprocess.Popen[bytes]) -> None:
     page.locator("#inbox .bell").click()
     expect(titles).to_have_text(["Welcome", markup])
     expect(page.locator("#inbox .item.unread")).to_have_count(2)
+    scene.screenshots.take(page, "inbox open, first page")
     page.locator("#inbox .more").click()
     expect(titles).to_have_text(["Welcome", markup, "Old news"])
     expect(page.locator("#inbox .more")).to_be_hidden()
@@ -449,6 +382,7 @@ def drive_the_widget(scene: Scene, server: subprocess.Popen[bytes]) -> None:
     expect(badge).to_have_text("3")
     expect(items).to_have_count(4)
     expect(items.first).to_have_class("item unread")
+    scene.screenshots.take(page, "live message arrived")
 
     # A javascript: link is not followed; the click still marks the message read.
     items.nth(2).click()
@@ -472,6 +406,7 @@ def drive_the_widget(scene: Scene, server: subprocess.Popen[bytes]) -> None:
         in_own_connection(lambda: deliver_live(tenant, seeded, "After the restart"))
         expect(titles.first).to_have_text("After the restart")
         expect(badge).to_have_text("3")
+        scene.screenshots.take(page, "pushed after herald restarted")
 
         # A refresh answered before "mark all read" but arriving after it must not
         # put the old count back: the widget asks again.
@@ -498,6 +433,7 @@ def drive_the_widget(scene: Scene, server: subprocess.Popen[bytes]) -> None:
         expect(badge).to_be_hidden()
         expect(page.locator("#inbox .item.unread")).to_have_count(0)
         assert inbox_api(scene.herald, tenant, seeded)["unread_count"] == 0
+        scene.screenshots.take(page, "all read")
 
         # A message with an http(s) link leads there.
         page.locator("#inbox .item", has_text="Welcome").click()

@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, Plan, Tenant
 from tests.conftest import TENANT_PASSWORD
 from tests.factories import api_key_issue
 
@@ -88,3 +88,35 @@ def test_non_staff_can_not_open_the_staff_dashboard(client: Client, db: None) ->
     response = client.get("/admin/tenants/tenant/", HTTP_HOST=STAFF_HOST)
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_tenants_list_their_usage_against_the_plan(staff_client: Client, tenant_a: Tenant) -> None:
+    from django.utils import timezone
+    from django_tenants.utils import tenant_context
+
+    from channels_delivery.services.stats import stats_fold
+    from rules_engine.models import Event, Subscriber
+
+    tenant_a.plan = Plan.objects.create(name="usage-test", events_per_month=10, max_subscribers=4)
+    tenant_a.save()
+    with tenant_context(tenant_a):
+        stats_fold()  # what other tests committed is the baseline
+    before = staff_client.get("/admin/tenants/tenant/", HTTP_HOST=STAFF_HOST)
+    listed = {tenant.slug: tenant for tenant in before.context["cl"].result_list}
+    used = listed["alpha"].month_events
+    with tenant_context(tenant_a):
+        Event.objects.bulk_create(
+            [Event(event_type_key="x", created_at=timezone.now()) for _ in range(3)]
+        )
+        Subscriber.objects.create(external_id="usage-1")
+        stats_fold()
+
+    response = staff_client.get("/admin/tenants/tenant/", HTTP_HOST=STAFF_HOST)
+    assert response.status_code == 200
+    assert f"{used + 3:,} / 10 (" in response.content.decode()
+
+    page = staff_client.get(f"/admin/tenants/tenant/{tenant_a.pk}/change/", HTTP_HOST=STAFF_HOST)
+    html = page.content.decode()
+    assert f"Events this month: {used + 3:,} of 10" in html
+    assert "Subscribers: " in html
+    assert "of 4 (" in html

@@ -5,6 +5,7 @@ process against its own database; the test reads the dashboards and the API
 it serves, then sends Ctrl-C and checks no process is left behind.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -204,3 +205,216 @@ def test_database_url_naming_a_missing_database_creates_it(monkeypatch: pytest.M
     finally:
         with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+# --- Chromium for the browser tests ----------------------------------------------------
+
+INSTALL = [
+    "apt-get", "-o", "DPkg::Lock::Timeout=120",
+    "install", "-y", "--no-install-recommends", "chromium",
+]  # fmt: skip
+UPDATE = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "update"]
+STALE = "Reading package lists...\nE: Unable to locate package chromium\n"
+
+
+class Apt:
+    """Stands in for the command runner: answers each command from a script and
+    records it; Chromium appears once an install answered 0."""
+
+    def __init__(self, answers: list[devstack.CommandResult], *, appears: bool = True) -> None:
+        self.answers = answers
+        self.appears = appears
+        self.commands: list[list[str]] = []
+        self.chromium = False
+
+    def run(self, command: list[str]) -> devstack.CommandResult:
+        self.commands.append(command)
+        answer = self.answers.pop(0)
+        if "install" in command and answer.returncode == 0 and self.appears:
+            self.chromium = True
+        return answer
+
+    def installed(self) -> bool:
+        return self.chromium
+
+
+def ok(output: str = "") -> devstack.CommandResult:
+    return devstack.CommandResult(0, output)
+
+
+def failure(output: str) -> devstack.CommandResult:
+    return devstack.CommandResult(100, output)
+
+
+def ensure(
+    apt: Apt,
+    *,
+    euid: int = 0,
+    programs: tuple[str, ...] = ("apt-get", "sudo"),
+) -> str | None:
+    ticks = iter([100.0, 142.4, 150.0, 160.0])
+    return devstack.chromium_ensure(
+        run=apt.run,
+        installed=apt.installed,
+        which=lambda name: f"/usr/bin/{name}" if name in programs else None,
+        euid=lambda: euid,
+        clock=lambda: next(ticks),
+    )
+
+
+def test_chromium_already_there_is_left_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    apt = Apt([])
+    apt.chromium = True
+    assert ensure(apt) is None
+    assert apt.commands == []
+    assert capsys.readouterr().out == ""
+
+
+def test_chromium_is_installed_as_root_and_the_time_it_took_is_said(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    apt = Apt([ok("Setting up chromium ...")])
+    assert ensure(apt) is None
+    assert apt.commands == [INSTALL]
+    assert capsys.readouterr().out.splitlines() == [
+        "[herald] installing chromium for the browser tests (apt-get)…",
+        "[herald] installed chromium in 42 s",
+    ]
+
+
+def test_stale_package_lists_are_updated_and_the_install_retried(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    apt = Apt([failure(STALE), ok(), ok()])
+    assert ensure(apt) is None
+    assert apt.commands == [INSTALL, UPDATE, INSTALL]
+    output = capsys.readouterr().out
+    assert "updating them (apt-get update)…" in output
+    assert "installed chromium in" in output
+
+
+def test_an_install_failing_otherwise_is_not_retried_and_says_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = "E: dpkg was interrupted, you must manually run 'dpkg --configure -a'"
+    apt = Apt([failure(f"Reading package lists...\n{broken}\n")])
+    problem = ensure(apt)
+    assert apt.commands == [INSTALL]
+    assert problem is not None
+    assert "`apt-get install chromium` failed" in problem
+    assert broken in problem
+    assert broken in capsys.readouterr().out
+
+
+def test_a_failed_update_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    apt = Apt([failure(STALE), failure("E: Could not resolve 'deb.debian.org'")])
+    problem = ensure(apt)
+    assert apt.commands == [INSTALL, UPDATE]
+    assert problem is not None
+    assert "`apt-get update` failed" in problem
+    assert "Could not resolve 'deb.debian.org'" in problem
+
+
+def test_without_root_password_less_sudo_installs() -> None:
+    apt = Apt([ok(), ok()])
+    assert ensure(apt, euid=1000) is None
+    assert apt.commands == [["sudo", "-n", "true"], ["sudo", "-n", *INSTALL]]
+
+
+@pytest.mark.parametrize(
+    ("programs", "sudo_answers"),
+    [(("apt-get", "sudo"), [failure("sudo: a password is required")]), (("apt-get",), [])],
+)
+def test_without_root_or_sudo_nothing_is_installed_and_the_reason_given(
+    programs: tuple[str, ...],
+    sudo_answers: list[devstack.CommandResult],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    apt = Apt(list(sudo_answers))
+    problem = ensure(apt, euid=1000, programs=programs)
+    assert all("apt-get" not in command for command in apt.commands)
+    assert problem is not None
+    assert "needs root" in problem
+    assert "sudo apt-get install chromium" in problem
+    assert problem in capsys.readouterr().out
+
+
+def test_without_apt_get_nothing_is_installed_and_the_reason_given() -> None:
+    apt = Apt([])
+    problem = ensure(apt, programs=("sudo",))
+    assert apt.commands == []
+    assert problem is not None
+    assert "no apt-get" in problem
+
+
+def test_an_install_that_leaves_no_chromium_is_reported() -> None:
+    apt = Apt([ok()], appears=False)
+    problem = ensure(apt)
+    assert problem is not None
+    assert f"{devstack.CHROMIUM} is still missing" in problem
+
+
+def test_the_command_runner_captures_output_and_failures() -> None:
+    ran = devstack.run_command(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert ran == devstack.CommandResult(3, "out\nerr\n")
+    missing = devstack.run_command([f"/nonexistent/{uuid.uuid4().hex}"])
+    assert missing.returncode != 0
+    assert "No such file" in missing.output
+
+
+def test_the_test_command_tells_pytest_why_chromium_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only before pytest (the static checks need no browser), and the reason
+    reaches the tests, which fail with it in CI (tests/browser.py)."""
+    calls: list[tuple[str, dict[str, str]]] = []
+
+    @contextlib.contextmanager
+    def no_services(**kwargs: Any) -> Iterator[devstack.Services]:
+        yield devstack.Services(database_url="postgres://x/y", redis_url="redis://x/0")
+
+    def record(command: list[str], env: dict[str, str], **kwargs: Any) -> Any:
+        calls.append((" ".join(command[1:4]), dict(env)))
+        return subprocess.CompletedProcess(command, 0)
+
+    def chromium_ensure() -> str:
+        calls.append(("chromium_ensure", {}))
+        return "Chromium could not be installed: no network"
+
+    monkeypatch.setattr(devstack, "services", no_services)
+    monkeypatch.setattr(devstack.subprocess, "run", record)
+    monkeypatch.setattr(devstack, "chromium_ensure", chromium_ensure)
+    monkeypatch.setenv(devstack.CHROMIUM_PROBLEM_ENV, "stale reason from the shell")
+
+    assert devstack.main(["test", "-k", "browser"]) == 0
+
+    steps = [name for name, _ in calls]
+    assert steps == [
+        "-m ruff check",
+        "-m ruff format",
+        "-m mypy",
+        "chromium_ensure",
+        "-m pytest -k",
+    ]
+    assert calls[-1][1][devstack.CHROMIUM_PROBLEM_ENV] == (
+        "Chromium could not be installed: no network"
+    )
+
+
+def test_browser_tests_skip_locally_and_fail_in_ci_without_chromium(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", tmp_path / "chromium")
+    monkeypatch.setenv(devstack.CHROMIUM_PROBLEM_ENV, "apt-get install failed: no network")
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install failed: no network"):
+        browser.require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="must run in CI: apt-get install failed"):
+        browser.require_chromium()
+
+    (tmp_path / "chromium").touch()
+    browser.require_chromium()  # there: neither skipped nor failed
