@@ -66,6 +66,31 @@ def _json_field(*, rows: int, label: str, help_text: str, required: bool = True)
     )
 
 
+class PayloadField(forms.JSONField):
+    """An event's payload: a JSON object, where ``{}`` (or nothing) is a valid,
+    empty payload rather than a missing field."""
+
+    empty_values = [None, ""]
+
+    def clean(self, value: Any) -> Any:
+        payload = super().clean(value)
+        if payload is None:
+            return {}
+        if not isinstance(payload, dict):
+            raise forms.ValidationError('a payload is a JSON object, like {"order": "A-1"}')
+        return payload
+
+
+def _payload_field(*, rows: int, help_text: str) -> PayloadField:
+    return PayloadField(
+        label="Payload",
+        required=False,
+        encoder=_IndentedJSON,
+        help_text=help_text,
+        widget=UnfoldAdminTextareaWidget(attrs={"rows": rows, "style": MONOSPACE}),
+    )
+
+
 def _text_field(*, label: str, help_text: str = "", required: bool = False) -> forms.CharField:
     return forms.CharField(
         label=label, required=required, help_text=help_text, widget=UnfoldAdminTextInputWidget
@@ -134,10 +159,8 @@ def _object_or_404(
 
 
 class RuleTestForm(forms.Form):
-    payload = _json_field(
-        rows=12,
-        label="Payload",
-        help_text="The event's payload; it starts as the event type's sample payload.",
+    payload = _payload_field(
+        rows=12, help_text="The event's payload; it starts as the event type's sample payload."
     )
     to = _text_field(
         label="Recipients (to)",
@@ -293,7 +316,7 @@ class TemplatePreviewForm(forms.Form):
     fallback_locale = _text_field(label="Fallback locale")
     strict = forms.BooleanField(label="Strict", required=False, widget=UnfoldBooleanSwitchWidget)
     event_type = forms.ChoiceField()  # filled per request: the tenant's event types
-    payload = _json_field(rows=10, label="Payload", help_text="The event's payload.")
+    payload = _payload_field(rows=10, help_text="The event's payload.")
     subscriber = _text_field(
         label="Subscriber",
         help_text="Render for this subscriber's profile (their id); empty: a sample profile.",
@@ -305,9 +328,13 @@ class TemplatePreviewForm(forms.Form):
         self.fields["event_type"] = _event_type_field()
 
 
+# The send form shares the preview's page; its fields get ids of their own there.
+SEND_FORM_IDS = "id_send_%s"
+
+
 class TemplateSendTestForm(forms.Form):
     event_type = forms.ChoiceField()
-    payload = _json_field(rows=10, label="Payload", help_text="The event's payload.")
+    payload = _payload_field(rows=10, help_text="The event's payload.")
     subscriber = _text_field(label="Subscriber", help_text="Send to this subscriber (their id)…")
     address = _text_field(
         label="Address",
@@ -435,7 +462,8 @@ def template_preview_view(
     if can_send:
         initial = _preview_initial(template)
         send_form = TemplateSendTestForm(
-            initial={"event_type": initial["event_type"], "payload": initial["payload"]}
+            initial={"event_type": initial["event_type"], "payload": initial["payload"]},
+            auto_id=SEND_FORM_IDS,  # on the preview's page: ids of its own
         )
     return _page(
         model_admin,

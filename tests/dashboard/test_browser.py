@@ -538,3 +538,27 @@ def test_an_event_sent_through_the_api_is_found_with_its_timeline(
     expect(page.get_by_text(re.compile("rule matched", re.IGNORECASE)).first).to_be_visible()
     expect(page.get_by_text(re.compile("delivered", re.IGNORECASE)).first).to_be_visible()
     dashboard.shot("the message with its timeline")
+
+
+def test_a_template_is_previewed_as_it_is_typed(
+    tenant_dashboard: Dashboard, rule_setup: RuleSetup
+) -> None:
+    from playwright.sync_api import expect
+
+    dashboard, page = tenant_dashboard, tenant_dashboard.page
+    template_id = in_alpha(lambda: Template.objects.get(key=rule_setup.template).pk)
+    dashboard.open(f"/admin/rules_engine/template/{template_id}/preview/")
+    page.locator("#id_event_type").select_option(rule_setup.event_type)
+    page.locator("#id_payload").fill(json.dumps({"total": 250}))
+    page.get_by_role("button", name="Preview", exact=True).click()
+    result = page.locator("#preview-result")
+    expect(result.get_by_text("Big order: 250")).to_be_visible()
+    dashboard.shot("the template rendered for the payload")
+
+    # As the author types, without a button: a change re-renders, an error shows.
+    variants = page.locator("#id_variants")
+    variants.fill(json.dumps({"en": {"text": "VIP order of {{ event.payload.total }}!"}}))
+    expect(result.get_by_text("VIP order of 250!")).to_be_visible()
+    variants.fill(json.dumps({"en": {"text": "VIP order of {{ event.payload.total"}}))
+    expect(result.locator("[data-field-error], [data-errors]").first).to_be_visible()
+    dashboard.shot("a template error shown as it is typed")
