@@ -91,6 +91,7 @@ from rules_engine.services.subscribers import (
     subscriber_profile_clean,
     subscriber_upsert,
 )
+from rules_engine.services.test_send import integration_test_send
 from rules_engine.services.topics import (
     MAX_MEMBERS_PER_REQUEST,
     TOPIC_KEY,
@@ -818,6 +819,45 @@ class IntegrationAdmin(ModelAdmin):
     search_fields = ["name", "provider"]
     ordering = ["channel", "priority", "pk"]
     actions = ["enable", "disable"]
+    actions_detail = ["send_test"]
+
+    @action(description="Send test", url_path="send-test", icon="send", permissions=["change"])
+    def send_test(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A fixed test message through this integration, to a subscriber or an
+        address, sent by the delivery workers (rules_engine.services.test_send)."""
+        integration = self.get_object(request, object_id)
+        if integration is None:
+            raise Http404(f"There is no integration {object_id}.")
+        form = IntegrationTestForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                sent = integration_test_send(
+                    integration=integration,
+                    subscriber=form.cleaned_data["subscriber"],
+                    address=form.cleaned_data["address"],
+                    sent_by=request.user.get_username(),
+                )
+            except InvalidInput as invalid:
+                for error in invalid.errors:
+                    field = error.pointer.strip("/")
+                    form.add_error(field if field in form.fields else None, error.detail)
+            else:
+                messages.success(
+                    request,
+                    f"Queued a test through {integration.name} to "
+                    f"{sent.subscriber_external_id}; its page shows what the provider answered.",
+                )
+                return HttpResponseRedirect(_change_url(sent.message))
+        return _confirm_page(
+            self,
+            request,
+            integration,
+            title=f"Send a test through {integration.name}",
+            description="A short fixed message goes through this integration first (a failure "
+            "there fails over like any message: the message's page shows each attempt).",
+            submit_label="Send test",
+            form=form,
+        )
 
     def get_form(
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
@@ -962,6 +1002,20 @@ class WebhookEndpointAdminForm(forms.ModelForm):
         if len(keys) > EVENT_TYPES_MAX:
             raise forms.ValidationError(f"At most {EVENT_TYPES_MAX} event types.")
         return keys
+
+
+class IntegrationTestForm(forms.Form):
+    subscriber = forms.CharField(
+        required=False,
+        widget=UnfoldAdminTextInputWidget,
+        help_text="Send to this subscriber (their id)…",
+    )
+    address = forms.CharField(
+        required=False,
+        widget=UnfoldAdminTextInputWidget,
+        help_text="…or to this email address or phone number (E.164). Chat integrations "
+        "post to their own channel: leave both empty.",
+    )
 
 
 class ReplayForm(forms.Form):

@@ -22,9 +22,10 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.html import escape
 
 from channels_delivery.catalogue import Channel
-from channels_delivery.models import Message, MessageStatus
+from channels_delivery.models import Integration, Message, MessageStatus
 from channels_delivery.services.dispatch import messages_enqueue
 from herald.problems import FieldError
 from rules_engine.models import (
@@ -317,6 +318,89 @@ def template_test_send(
             content=content,
             template_version=version,
             locale=locale,
+            created_at=now,
+        )
+        messages_enqueue(message_ids=[message.id])
+    return SentTest(
+        event=event,
+        message=message,
+        subscriber_external_id=recipient["external_id"],
+        subscriber_created=created,
+    )
+
+
+# --- an integration's test send -------------------------------------------------------
+
+INTEGRATION_TEST_EVENT = "herald.integration_test"
+# What a test through an integration says, per channel that takes integrations.
+INTEGRATION_TEST_TEXT = "This is a test from Herald through the integration {name}. It works."
+
+
+def _integration_test_content(*, channel: str, name: str) -> dict[str, str]:
+    text = INTEGRATION_TEST_TEXT.format(name=name)
+    if channel == Channel.EMAIL:
+        return {"subject": f"Herald test: {name}", "text": text, "html": f"<p>{escape(text)}</p>"}
+    if channel == Channel.PUSH:
+        return {"title": f"Herald test: {name}", "body": text}
+    return {"text": text}
+
+
+def integration_test_send(
+    *, integration: Integration, subscriber: str = "", address: str = "", sent_by: str
+) -> SentTest:
+    """Send a short fixed test message through ``integration`` (its first attempt
+    goes there, whatever its priority) to one subscriber or to an email address
+    or phone number; the delivery workers send it like any message, so its page
+    shows what the provider answered.
+
+    A chat integration posts to its own channel: with no recipient given, a
+    test subscriber stands in. Raises InvalidInput naming the field: no or both
+    recipients, an unknown subscriber, an address the channel can not take, a
+    recipient the channel can not reach, a disabled integration.
+    """
+    if not integration.enabled:
+        raise _invalid("/integration", f"{integration.name} is disabled: enable it to test it")
+    channel = integration.channel
+    with transaction.atomic():
+        subscriber, address = subscriber.strip(), address.strip()
+        if channel == Channel.CHAT and not subscriber and not address:
+            upserted = subscriber_upsert(
+                profile=SubscriberProfile(
+                    external_id=f"{TEST_SUBSCRIBER_PREFIX}chat", name="Test recipient"
+                )
+            )
+            subscriber = upserted.subscriber.external_id
+        recipient, created = _test_recipient(
+            channel=channel, subscriber=subscriber, address=address
+        )
+        unreachable = recipient_reachable(recipient, channel)
+        if unreachable is not None:
+            raise _invalid(
+                "/subscriber", f"{recipient['external_id']} can not get {channel}: {unreachable}"
+            )
+        now = timezone.now()
+        event = _event(
+            event_type_key=INTEGRATION_TEST_EVENT,
+            payload={"integration": integration.name},
+            now=now,
+        )
+        event.recipients = [recipient["external_id"]]
+        event.status = EventStatus.PROCESSED
+        event.processed_at = now
+        event.outcome = {
+            "test_send": True,
+            "reason": f"integration test from the dashboard by {sent_by}",
+            "integration": integration.name,
+            "messages": 1,
+        }
+        event.save(force_insert=True)
+        message = Message.objects.create(
+            event=event,
+            subscriber_id=recipient["id"],
+            channel=channel,
+            status=MessageStatus.QUEUED,
+            content=_integration_test_content(channel=channel, name=integration.name),
+            integration=integration,
             created_at=now,
         )
         messages_enqueue(message_ids=[message.id])
