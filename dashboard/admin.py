@@ -68,7 +68,7 @@ from rules_engine.services.templates import (
     template_update,
 )
 from tenants.models import ApiKey, Domain, Plan, Tenant
-from tenants.services import api_key_revoke, tenant_set_active
+from tenants.services import ProvisioningError, api_key_revoke, tenant_create, tenant_set_active
 
 
 class DomainInline(TabularInline):
@@ -84,6 +84,26 @@ class PlanAdmin(ModelAdmin):
         "max_subscribers",
         "retention_days",
     ]
+
+
+class TenantCreateForm(forms.Form):
+    slug = forms.SlugField(
+        max_length=63,
+        widget=UnfoldAdminTextInputWidget(),
+        help_text="The tenant's hostname is <slug>.<base domain>; it can not change later.",
+    )
+    name = forms.CharField(max_length=200, widget=UnfoldAdminTextInputWidget())
+    admin_email = forms.EmailField(
+        label="First admin's email",
+        widget=UnfoldAdminTextInputWidget(),
+        help_text="Their username; a password is generated and shown once.",
+    )
+    plan = forms.ModelChoiceField(
+        queryset=Plan.objects.all(),
+        required=False,
+        widget=UnfoldAdminSelectWidget(),
+        help_text="Empty: the default plan.",
+    )
 
 
 class TenantAdmin(ModelAdmin):
@@ -166,10 +186,38 @@ class TenantAdmin(ModelAdmin):
         }
         return TemplateResponse(request, "dashboard/content.html", context)
 
-    # Tenants are created by `herald tenant_create` (schema, domain and admin
-    # user together) and never deleted from a list page.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Create a tenant (schema, hostname and first admin together, through the
+        service `herald tenant_create` uses); the admin's password is shown once."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = TenantCreateForm(request.POST or None)
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request),
+            "title": "Create a tenant",
+            "opts": self.model._meta,
+            "form": form,
+            "back_url": reverse("staff_admin:tenants_tenant_changelist"),
+        }
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                created = tenant_create(
+                    slug=data["slug"],
+                    name=data["name"],
+                    admin_email=data["admin_email"],
+                    plan=data["plan"],
+                )
+            except ProvisioningError as error:
+                form.add_error(error.field if error.field in form.fields else None, error.message)
+            else:
+                self.log_addition(request, created.tenant, [{"added": {}}])
+                context.update(title=f"Created {created.tenant.name}", created=created)
+        return TemplateResponse(request, "dashboard/tenant_create.html", context)
+
+    # Tenants are never deleted from a list page: suspend one instead.
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False

@@ -77,8 +77,9 @@ def test_revoke_action(staff_client: Client, tenant_a: Tenant) -> None:
     assert response.status_code == 401
 
 
-def test_keys_and_tenants_can_not_be_added_from_the_dashboard(staff_client: Client) -> None:
-    for url in ("/admin/tenants/tenant/add/", "/admin/tenants/apikey/add/"):
+def test_keys_can_not_be_added_from_the_staff_dashboard(staff_client: Client) -> None:
+    """A tenant issues its own keys (its dashboard, or `herald api_key_create`)."""
+    for url in ("/admin/tenants/apikey/add/",):
         assert staff_client.get(url, HTTP_HOST=STAFF_HOST).status_code == 403
 
 
@@ -120,3 +121,52 @@ def test_tenants_list_their_usage_against_the_plan(staff_client: Client, tenant_
     assert f"Events this month: {used + 3:,} of 10" in html
     assert "Subscribers: " in html
     assert "of 4 (" in html
+
+
+def test_staff_create_a_tenant_whose_admin_can_log_in(staff_client: Client) -> None:
+    import re
+
+    form = staff_client.get("/admin/tenants/tenant/add/", HTTP_HOST=STAFF_HOST)
+    assert form.status_code == 200
+    taken = staff_client.post(
+        "/admin/tenants/tenant/add/",
+        {"slug": "alpha", "name": "Again", "admin_email": "a@gamma.example.com"},
+        HTTP_HOST=STAFF_HOST,
+    )
+    assert "&#x27;alpha&#x27; is already taken" in taken.content.decode()
+
+    created = staff_client.post(
+        "/admin/tenants/tenant/add/",
+        {"slug": "gamma", "name": "Gamma Co", "admin_email": "owner@gamma.example.com"},
+        HTTP_HOST=STAFF_HOST,
+    )
+
+    assert created.status_code == 200
+    html = created.content.decode()
+    assert "gamma.localhost" in html
+    password = re.search(r"data-shown-once>([^<]+)<", html)
+    assert password is not None
+    gamma = Tenant.objects.get(slug="gamma")
+    assert gamma.name == "Gamma Co"
+    owner = Client(HTTP_HOST="gamma.localhost")
+    login = owner.post(
+        "/admin/login/",
+        {"username": "owner@gamma.example.com", "password": password.group(1)},
+    )
+    assert login.status_code == 302
+    assert owner.get("/admin/").status_code == 200
+
+
+def test_creating_a_tenant_needs_the_permission(tenant_a: Tenant) -> None:
+    from django.contrib.auth.models import Permission
+
+    watcher = User.objects.create_user(username="watcher", password=TENANT_PASSWORD, is_staff=True)
+    watcher.user_permissions.add(Permission.objects.get(codename="view_tenant"))
+    client = Client(HTTP_HOST=STAFF_HOST)
+    assert client.login(username="watcher", password=TENANT_PASSWORD)
+    refused = client.post(
+        "/admin/tenants/tenant/add/",
+        {"slug": "delta", "name": "Delta", "admin_email": "owner@delta.example.com"},
+    )
+    assert refused.status_code == 403
+    assert not Tenant.objects.filter(slug="delta").exists()
