@@ -44,6 +44,7 @@ from rules_engine.services.templates import template_create
 from rules_engine.services.topics import topic_create, topic_subscribers_add
 from tenants.models import Tenant
 from tests.conftest import TENANT_PASSWORD
+from tests.dashboard.test_rules_admin import admin_client
 
 pytestmark = pytest.mark.django_db
 
@@ -57,16 +58,6 @@ EMAIL = {
     "subject": "Order {{ event.payload.order }} shipped",
     "html": "<p>On its way, {{ subscriber.name }}</p>",
 }
-
-
-def admin_client(slug: str) -> Client:
-    client = Client(HTTP_HOST=f"{slug}.localhost")
-    response = client.post(
-        "/admin/login/",
-        {"username": f"admin@{slug}.example.com", "password": TENANT_PASSWORD},
-    )
-    assert response.status_code == 302, "login failed"
-    return client
 
 
 @pytest.fixture
