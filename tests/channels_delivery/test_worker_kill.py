@@ -209,9 +209,13 @@ def delivery_tasks(*, of: uuid.UUID | None = None) -> Iterator[list[str]]:
         after_task_publish.disconnect(seen)
 
 
-def ran_to_the_end(output: list[str], task_id: str) -> bool:
-    """The worker logged that this task finished (it is not killed again)."""
-    return any(f"messages_deliver[{task_id}] succeeded" in line for line in list(output))
+def ran_to_the_end(output: list[str], task_id: str, *, capped_too: bool = False) -> bool:
+    """The worker logged that this task finished (it is not killed again); with
+    ``capped_too``, also that it was failed at the redelivery cap."""
+    ends = [f"messages_deliver[{task_id}] succeeded"]
+    if capped_too:
+        ends.append(f"messages_deliver[{task_id}] raised unexpected: RedeliveryLimitExceeded")
+    return any(end in line for line in list(output) for end in ends)
 
 
 def requests_to(sink: HttpSink, path: str) -> list[SinkRequest]:
@@ -393,12 +397,16 @@ def test_a_message_that_kills_its_worker_every_time_is_given_up_after_max_attemp
         assert message.failed_at is not None
         # Every task killed was handed back by the broker and ran again; none of
         # those runs sent anything, the message being claimed (or failed) by then.
+        # A task that was in a killed child more than once (a busy machine lets a
+        # child take the next task before it dies) may end at the redelivery cap
+        # instead: that is the cap doing its job, and it sends nothing either.
         assert len(task_ids) == MAX_ATTEMPTS
         for task_id in task_ids:
             wait_for(
                 "every task to run again",
-                lambda: ran_to_the_end(output, task_id),  # noqa: B023
+                lambda: ran_to_the_end(output, task_id, capped_too=True),  # noqa: B023
                 log=output,
+                timeout=3 * WAIT_SECONDS,  # pool processes come back on 5 s ticks
             )
     requests = requests_to(sink, published.path)
     assert len(requests) == MAX_ATTEMPTS
