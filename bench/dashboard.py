@@ -45,9 +45,11 @@ from _common import (
     DEFAULT_REDIS_URL,
     MANAGE,
     BenchError,
+    Figure,
     Gunicorn,
     docs_write_section,
     ensure_database,
+    figures_write,
     machine_info,
     markdown_table,
     postgres_version,
@@ -261,6 +263,24 @@ def report(timings: list[PageTiming], seeded: dict[str, object], argv: list[str]
     )
 
 
+def figures(timings: list[PageTiming], seeded: dict[str, object]) -> list[Figure]:
+    pages = [timing for timing in timings if not timing.name.startswith("reference")]
+    slowest = max(pages, key=lambda timing: timing.worst)
+    login = next(timing for timing in timings if timing.name == "reference: login page")
+    return [
+        Figure(
+            name=f"Dashboard, slowest of {len(pages)} pages of a {seeded['messages']:,}-message "
+            f"tenant ({slowest.name}), worst",
+            value=slowest.worst,
+            unit="ms",
+            target=f"< {TARGET_MS:.0f} ms",
+            met=all(timing.status == 200 and timing.worst < TARGET_MS for timing in pages),
+            reference="the login page (Django and unfold, no data), worst ms",
+            reference_value=login.worst,
+        )
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -268,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--reseed", action="store_true", help="drop the tenant and seed again")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--figures", metavar="PATH", help="also write the headline figures as JSON (bench/all.py)"
+    )
     arguments = parser.parse_args(argv)
     try:
         with signals_as_interrupt():
@@ -280,6 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = report(timings, seeded, argv)
     print(text)
+    if arguments.figures:
+        figures_write(
+            arguments.figures,
+            bench="dashboard",
+            command=f".venv/bin/python bench/dashboard.py {' '.join(argv)}".strip(),
+            date=utc_now(),
+            machine=machine_info().describe(),
+            figures=figures(timings, seeded),
+        )
     if arguments.write_docs:
         docs_write_section(name="dashboard", title="Dashboard", generated=text)
         say("wrote docs/benchmarks.md")

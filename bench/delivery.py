@@ -79,11 +79,13 @@ from _common import (
     BenchError,
     CpuAccounting,
     CpuBreakdown,
+    Figure,
     Gunicorn,
     Supervised,
     cpu_busy_percent,
     docs_write_section,
     ensure_database,
+    figures_write,
     find_executable,
     free_port,
     git_state,
@@ -1084,6 +1086,36 @@ class Report:
     background_before: float
     processes: list[str]
 
+    def figures(self) -> list[Figure]:
+        found = []
+        for measured in (self.run("throughput"), self.run("drain")):
+            if measured is not None:
+                rate = measured.deliveries.span_rate()
+                found.append(
+                    Figure(
+                        name=f"Delivery, {measured.name}: webhooks delivered/s",
+                        value=rate,
+                        unit="messages/s",
+                        target=f"≥ {TARGET_MESSAGES_PER_S:,}/s",
+                        met=rate >= TARGET_MESSAGES_PER_S,
+                    )
+                )
+        latency = self.run("latency")
+        if latency is not None and latency.deliveries.latencies_ms:
+            lat = latency.deliveries.latencies_ms
+            for share, target in ((50, TARGET_P50_MS), (99, TARGET_P99_MS)):
+                value = percentile(lat, share)
+                found.append(
+                    Figure(
+                        name=f"Event to delivery at {self.arguments.rate:g} events/s, p{share}",
+                        value=value,
+                        unit="ms",
+                        target=f"≤ {target:.0f} ms",
+                        met=value <= target,
+                    )
+                )
+        return found
+
     def run(self, name: str) -> Run | None:
         return next((r for r in self.runs if r.name == name), None)
 
@@ -1392,6 +1424,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--write-docs", action="store_true", help="rewrite the Delivery block of docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--figures", metavar="PATH", help="also write the headline figures as JSON (bench/all.py)"
+    )
     parser.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     runs = [r.strip() for r in arguments.runs.split(",") if r.strip()]
@@ -1482,6 +1517,15 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.profile:
         print(profile_report(arguments.profile, report.runs))
     problems = report.problems()
+    if arguments.figures:
+        figures_write(
+            arguments.figures,
+            bench="delivery",
+            command=report.command,
+            date=report.date,
+            machine=report.machine,
+            figures=report.figures(),
+        )
     if arguments.write_docs and not problems:
         docs_write_section(name="delivery", title="Delivery", generated=report.markdown())
         say("wrote the Delivery block of docs/benchmarks.md")

@@ -65,9 +65,11 @@ from _common import (  # noqa: E402
     BenchError,
     CpuAccounting,
     CpuBreakdown,
+    Figure,
     cpu_busy_percent,
     docs_write_section,
     ensure_database,
+    figures_write,
     find_executable,
     libpq_url,
     load_average,
@@ -906,6 +908,20 @@ class Report:
     peak_rss_mib: float
 
     @property
+    def figures(self) -> list[Figure]:
+        n = self.scenario.subscribers
+        return [
+            Figure(
+                name=f"One event to {n:,} subscribers (event_process, median)",
+                value=self.median_s,
+                unit="s",
+                target=f"≤ {TARGET_SECONDS:g} s",
+                met=self.met(),
+                reference="COPY of the same rows into a table like Message's, s",
+                reference_value=self.reference.with_foreign_keys_s,
+            )
+        ]
+
     def median_s(self) -> float:
         return statistics.median(run_.seconds for run_ in self.runs)
 
@@ -1199,6 +1215,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--write-docs", action="store_true", help="rewrite the Fan-out block of docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--figures", metavar="PATH", help="also write the headline figures as JSON (bench/all.py)"
+    )
     arguments = parser.parse_args(argv)
     if not 1 <= arguments.subscribers <= 5_000_000:
         parser.error("--subscribers must be between 1 and 5,000,000")
@@ -1329,6 +1348,15 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted")
         return 130
     print(report.markdown())
+    if arguments.figures:
+        figures_write(
+            arguments.figures,
+            bench="fanout",
+            command=report.command,
+            date=report.date,
+            machine=report.machine,
+            figures=report.figures(),
+        )
     if arguments.write_docs:
         docs_write_section(name="fanout", title="Fan-out", generated=report.markdown())
         say("wrote the Fan-out block of docs/benchmarks.md")

@@ -52,12 +52,14 @@ from _common import (
     BenchError,
     CpuAccounting,
     CpuBreakdown,
+    Figure,
     Gunicorn,
     PgbenchResult,
     WrkResult,
     cpu_busy_percent,
     docs_write_section,
     ensure_database,
+    figures_write,
     find_executable,
     find_pgbench,
     http_request,
@@ -695,6 +697,50 @@ class Report:
     machine: str
     notes: list[str]
 
+    def figures(self) -> list[Figure]:
+        single_ref = self.pg_single.tps if self.pg_single else None
+        rows_ref = self.pg_batch.tps * self.batch_size if self.pg_batch else None
+        found = [
+            Figure(
+                name="POST /api/v1/events, one event a request",
+                value=self.single.events_per_second,
+                unit="events/s",
+                target=f"≥ {TARGET_SINGLE_RPS:,}/s",
+                met=self.single.events_per_second >= TARGET_SINGLE_RPS,
+                reference="pgbench single-row INSERT, transactions/s",
+                reference_value=single_ref,
+            ),
+            Figure(
+                name="POST /api/v1/events, p99 latency",
+                value=self.single.wrk.p("99"),
+                unit="ms",
+                target=f"≤ {TARGET_SINGLE_P99_MS:g} ms",
+                met=self.single.wrk.p("99") <= TARGET_SINGLE_P99_MS,
+                reference="pgbench single-row INSERT, mean latency ms",
+                reference_value=self.pg_single.latency_ms if self.pg_single else None,
+            ),
+            Figure(
+                name=f"POST /api/v1/events/batch, {self.batch_size:,} events a request",
+                value=self.batch.events_per_second,
+                unit="events/s",
+                target=f"≥ {TARGET_BATCH_EVENTS_PER_S:,}/s",
+                met=self.batch.events_per_second >= TARGET_BATCH_EVENTS_PER_S,
+                reference=f"pgbench {self.batch_size:,}-row INSERTs, rows/s",
+                reference_value=rows_ref,
+            ),
+        ]
+        if self.healthz is not None:
+            found.append(
+                Figure(
+                    name="GET /healthz, a minimal Django view (reference)",
+                    value=self.healthz.wrk.requests_per_second,
+                    unit="requests/s",
+                    reference="pgbench single-row INSERT, transactions/s",
+                    reference_value=single_ref,
+                )
+            )
+        return found
+
     def table(self) -> str:
         single, batch = self.single.wrk, self.batch.wrk
         ref_single = self.pg_single.tps if self.pg_single else None
@@ -964,6 +1010,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--write-docs", action="store_true", help="rewrite the Ingest block of docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--figures", metavar="PATH", help="also write the headline figures as JSON (bench/all.py)"
+    )
     arguments = parser.parse_args(argv)
     if (arguments.target is None) != (arguments.key is None):
         parser.error("--target and --key go together")
@@ -1187,6 +1236,15 @@ def main(argv: list[str] | None = None) -> int:
             wall_clock=arguments.profile_wall_clock,
         )
     problems = report.single.problems() + report.batch.problems()
+    if arguments.figures:
+        figures_write(
+            arguments.figures,
+            bench="ingest",
+            command=report.command,
+            date=report.date,
+            machine=report.machine,
+            figures=report.figures(),
+        )
     if arguments.write_docs and not problems:
         docs_write_section(name="ingest", title="Ingest", generated=report.markdown())
         say("wrote the Ingest block of docs/benchmarks.md")

@@ -375,24 +375,28 @@ def _tail(output: str, lines: int = 5) -> str:
     return "\n".join(output.strip().splitlines()[-lines:])
 
 
-def chromium_ensure(
+def apt_ensure(
     *,
+    package: str,
+    display: str,
+    purpose: str,
+    installed: Callable[[], bool],
+    binary: str,
     run: Callable[[list[str]], CommandResult] = run_command,
-    installed: Callable[[], bool] = CHROMIUM.exists,
     which: Callable[[str], str | None] = shutil.which,
     euid: Callable[[], int] = os.geteuid,
     clock: Callable[[], float] = time.monotonic,
 ) -> str | None:
-    """Install Debian's Chromium for the browser tests when it is missing.
+    """Install a Debian package a command needs when it is missing.
 
-    A new machine (CI's included) has only Python, so the test command installs
-    the browser itself when it may (root, or password-less sudo). Returns None
-    when Chromium is there, else why it is not, for the tests to report."""
+    A new machine (CI's included) has only Python, so the commands install what
+    they need themselves when they may (root, or password-less sudo). Returns
+    None when the package is there, else why it is not."""
     if installed():
         return None
-    missing = f"Chromium is not installed ({CHROMIUM} is missing)"
+    missing = f"{display} is not installed"  # e.g. "Chromium (/usr/bin/chromium)"
     if which("apt-get") is None:
-        say(f"{missing} and there is no apt-get to install it; the browser tests can not run")
+        say(f"{missing} and there is no apt-get to install it; {purpose} can not run")
         return f"{missing} and there is no apt-get to install it"
     if euid() == 0:
         sudo: list[str] = []
@@ -401,37 +405,59 @@ def chromium_ensure(
     else:
         problem = (
             f"{missing}; installing it needs root, we are not root and `sudo -n` is not "
-            "allowed: run `sudo apt-get install chromium`"
+            f"allowed: run `sudo apt-get install {package}`"
         )
         say(problem)
         return problem
     # Another apt-get holding the dpkg lock is waited for, a while, not failed on.
     apt = [*sudo, "apt-get", "-o", "DPkg::Lock::Timeout=120"]
-    install = [*apt, "install", "-y", "--no-install-recommends", "chromium"]
+    install = [*apt, "install", "-y", "--no-install-recommends", package]
     started = clock()
 
     def failed(step: str, result: CommandResult) -> str:
-        problem = f"Chromium could not be installed: `{step}` failed:\n{_tail(result.output)}"
+        problem = f"{display} could not be installed: `{step}` failed:\n{_tail(result.output)}"
         say(f"{problem}\n(after {clock() - started:.0f} s)")
         return problem
 
-    say("installing chromium for the browser tests (apt-get)…")
+    say(f"installing {package} for {purpose} (apt-get)…")
     result = run(install)
     if result.returncode != 0 and any(sign in result.output for sign in STALE_LISTS_SIGNS):
         say("the package lists are stale or missing; updating them (apt-get update)…")
         updated = run([*apt, "update"])
         if updated.returncode != 0:
             return failed("apt-get update", updated)
-        say("installing chromium for the browser tests (apt-get), again…")
+        say(f"installing {package} for {purpose} (apt-get), again…")
         result = run(install)
     if result.returncode != 0:
-        return failed("apt-get install chromium", result)
+        return failed(f"apt-get install {package}", result)
     if not installed():
-        problem = f"apt-get installed chromium, but {CHROMIUM} is still missing"
+        problem = f"apt-get installed {package}, but {binary} is still missing"
         say(problem)
         return problem
-    say(f"installed chromium in {clock() - started:.0f} s")
+    say(f"installed {package} in {clock() - started:.0f} s")
     return None
+
+
+def chromium_ensure(
+    *,
+    run: Callable[[list[str]], CommandResult] = run_command,
+    installed: Callable[[], bool] = CHROMIUM.exists,
+    which: Callable[[str], str | None] = shutil.which,
+    euid: Callable[[], int] = os.geteuid,
+    clock: Callable[[], float] = time.monotonic,
+) -> str | None:
+    """Debian's Chromium for the browser tests (apt_ensure)."""
+    return apt_ensure(
+        package="chromium",
+        display=f"Chromium ({CHROMIUM})",
+        purpose="the browser tests",
+        installed=installed,
+        binary=str(CHROMIUM),
+        run=run,
+        which=which,
+        euid=euid,
+        clock=clock,
+    )
 
 
 def command_test(arguments: argparse.Namespace) -> int:
