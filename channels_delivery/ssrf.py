@@ -45,8 +45,12 @@ METADATA_ADDRESSES = {
     ipaddress.ip_address("169.254.169.254"): "a cloud metadata address",
     ipaddress.ip_address("fd00:ec2::254"): "a cloud metadata address",
     ipaddress.ip_address("100.100.100.200"): "a cloud metadata address",
+    ipaddress.ip_address("192.0.0.192"): "a cloud metadata address",  # Oracle Cloud
 }
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# IETF protocol assignments: not globally reachable (RFC 6890), but Python before
+# 3.11.10 / 3.12.4 calls most of it global (gh-113171), so it is named here.
+IETF_PROTOCOL = ipaddress.ip_network("192.0.0.0/24")
 THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # A label inet_aton() would read as a number: decimal, octal (leading 0) or hex.
@@ -135,6 +139,8 @@ def address_refusal(address: str, *, allow_loopback: bool) -> str | None:
         return f"{shown} is a multicast address"
     if isinstance(checked, ipaddress.IPv4Address) and checked in CGNAT:
         return f"{shown} is a carrier-grade NAT (shared) address"
+    if isinstance(checked, ipaddress.IPv4Address) and checked in IETF_PROTOCOL:
+        return f"{shown} is a private address (IETF protocol assignments)"
     if checked.is_reserved:
         return f"{shown} is a reserved address"
     if checked.is_private:
@@ -450,10 +456,13 @@ def safe_request(
     for network failures (timeouts, refused connections).
     """
     limit = _max_response_bytes(max_response_bytes)
+    loopback = _loopback_allowed(allow_loopback)
+    # httpx parses the URL before the transport sees it and refuses some spellings
+    # (octal labels, tabs, non-ASCII digits) with its own InvalidURL, which callers
+    # do not catch: check the spelling first, so every refusal is an UnsafeUrl.
+    url_parse(url, allow_loopback=loopback)
     client = _pooled_client(
-        timeout=_timeout_checked(timeout),
-        max_response_bytes=limit,
-        allow_loopback=_loopback_allowed(allow_loopback),
+        timeout=_timeout_checked(timeout), max_response_bytes=limit, allow_loopback=loopback
     )
     # The client stays open: the next request of this thread reuses its connections.
     request = client.build_request(method, url, headers=headers, content=content)
