@@ -1,0 +1,184 @@
+"""The broker restarted with events in its queues (DESIGN.md, "The rows are the
+outbox"): every event the API accepted is delivered once the broker is back.
+
+A Redis of the test's own (no persistence) is the broker of a real delivery
+worker and of the API in this process. The API accepts EVENTS events, whose
+pipeline tasks wait in that Redis' queue; the Redis is killed (SIGKILL: the
+queue is gone) and started again, empty, on the same port. The delivery worker
+lives through it and reconnects; a pipeline worker starts; the events sweeper,
+past the grace period, hands the pipeline every accepted event again, and each
+event's message reaches the sink exactly once.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from channels_delivery.models import MessageStatus
+from herald.celery import app
+from rules_engine.models import EventStatus
+from tests.reliability.flow import (
+    DELIVERY_QUEUE,
+    PIPELINE_QUEUE,
+    WORKER_ENV,
+    Flow,
+    events_post,
+    events_swept,
+    flow_events,
+    flow_messages,
+    messages_swept,
+    past_the_grace,
+    tasks_settled,
+    wait_for,
+)
+from tests.workers import celery_worker
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db, pytest.mark.timeout(90)]
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+EVENTS = 5
+START_SECONDS = 10.0  # for redis-server to answer PING
+WAIT_SECONDS = 30.0  # the worker reconnects with a back-off of a few seconds
+DELIVER = "channels_delivery.messages_deliver"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(kw_only=True)
+class ThrowawayRedis:
+    """A redis-server on a port of its own that keeps nothing on disk."""
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.ConnectionError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: whatever its queues held is gone."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=START_SECONDS)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=START_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def app_pools_forget(*, close: bool = False) -> None:
+    """The app's connection and producer pools were made for the broker it had;
+    the next publish makes them for the one it has now. kombu keeps pools in a
+    registry by URL, so only a pool never used again (the throwaway broker's) may
+    be closed: a closed one would be handed out again for its URL."""
+    if close and app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def broker(settings: Any) -> Iterator[ThrowawayRedis]:
+    """A throwaway Redis, the broker of this process (the API) and of the workers
+    started while it is in use."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"{REDIS_SERVER} is missing; CI must provide redis-server")
+        pytest.skip(f"no redis-server at {REDIS_SERVER} to start a throwaway broker with")
+    server = ThrowawayRedis()
+    server.start()
+    # Workers get CELERY_BROKER_URL from the settings (tests.workers). The app's conf
+    # reads Django's settings live, but a value set on it directly wins over them
+    # for good, so the one set here is removed afterwards, not "restored".
+    settings.CELERY_BROKER_URL = server.url
+    app.conf.broker_url = server.url
+    app_pools_forget()
+    try:
+        yield server
+    finally:
+        app.conf.changes.pop("broker_url", None)
+        app_pools_forget(close=True)
+        server.stop()
+
+
+def test_events_lost_with_the_broker_are_delivered_once_it_is_back(
+    flows: Callable[[str], Flow], broker: ThrowawayRedis
+) -> None:
+    flow = flows("restart")
+    output: list[str] = []  # both workers' lines
+    with celery_worker(queues=DELIVERY_QUEUE, env=WORKER_ENV, output=output):
+        event_ids = events_post(flow, EVENTS)
+        # Accepted, and their pipeline tasks wait in the broker (nobody consumes them yet).
+        assert broker.client().llen(PIPELINE_QUEUE) == EVENTS
+        broker.kill()
+        broker.start()
+        assert broker.client().llen(PIPELINE_QUEUE) == 0  # the queue went with it
+        assert flow_events(flow) == dict.fromkeys(event_ids, EventStatus.ACCEPTED)
+
+        with celery_worker(queues=PIPELINE_QUEUE, env=WORKER_ENV, output=output):
+            grace = settings.HERALD_DISPATCH_GRACE_SECONDS
+            swept = events_swept(flow.tenant, now=past_the_grace(grace_seconds=grace))
+            assert set(event_ids) <= swept
+            wait_for(
+                "every accepted event's message to be sent",
+                lambda: (
+                    len(flow_messages(flow)) == EVENTS
+                    and {m.status for m in flow_messages(flow)} == {MessageStatus.SENT}
+                ),
+                timeout=WAIT_SECONDS,
+                log=output,
+            )
+            wait_for(
+                "the delivery tasks to finish",
+                lambda: tasks_settled(output, DELIVER),
+                timeout=WAIT_SECONDS,
+                log=output,
+            )
+            later = past_the_grace(grace_seconds=settings.HERALD_DISPATCH_REQUEUE_SECONDS)
+            assert not events_swept(flow.tenant, now=later) & set(event_ids)
+            mine = {str(message.id) for message in flow_messages(flow)}
+            assert not messages_swept(flow.tenant, now=later) & mine
+    messages = flow_messages(flow)
+    assert sorted(str(m.event_id) for m in messages) == sorted(event_ids)
+    assert sorted(flow.webhook_ids()) == sorted(str(m.id) for m in messages)
+    assert set(flow_events(flow).values()) == {EventStatus.PROCESSED}
