@@ -1,4 +1,5 @@
-"""Per-tenant limits: the API request rate and the monthly event quota.
+"""Per-tenant limits: the API request rate and the monthly event quota; and
+per client address, the failed API key lookups.
 
 Both live in Redis, so every web process shares them, and both fail open: when
 Redis is unreachable requests and events are let through and a warning is
@@ -14,6 +15,10 @@ well the web servers' clocks agree.
 The event quota is a counter per tenant and UTC month. When the counter is
 missing (a new month, or Redis lost its data) it is seeded from the tenant's
 Event rows, so losing Redis never hands a tenant a fresh month.
+
+Failed API key lookups are counted per client address in a fixed window: a
+client that keeps sending keys that match nothing is refused before its keys
+are looked up, which bounds both guessing and the database lookups it costs.
 """
 
 import logging
@@ -531,3 +536,86 @@ def event_quota_refund(*, tenant: Tenant, count: int) -> None:
         )
     except redis.RedisError as error:
         redis_guard.failed(purpose="the monthly event quota", error=error)
+
+
+# --- Failed API key lookups per client ------------------------------------------------
+
+# KEYS[1]: the client's counter. ARGV[1]: the window in seconds. The window
+# starts at a client's first failure and is not extended by later ones, so a
+# blocked client is let back in at most one window after it began.
+# Returns {failures in the window, milliseconds until the window ends}.
+API_KEY_FAILURE_LUA = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+
+API_KEY_FAILURE_WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyFailuresBlocked:
+    limit: int
+    retry_after_seconds: int
+
+
+def api_key_failures_key(client: str) -> str:
+    return f"herald:keyfail:{client}"
+
+
+def _failure_limit() -> int:
+    """Failed lookups a client may make per window; 0 when the check is off.
+    HERALD_RATE_LIMIT_ENABLED switches it off with the rest of the API's limits."""
+    if not settings.HERALD_RATE_LIMIT_ENABLED:
+        return 0
+    return max(0, int(settings.HERALD_API_KEY_FAILURES_PER_MINUTE))
+
+
+def api_key_failures_blocked(*, client: str) -> KeyFailuresBlocked | None:
+    """Whether ``client`` (an IP address) used up its failed API key lookups for
+    the window: the refusal to send, or None. Fails open while Redis is unavailable."""
+    limit = _failure_limit()
+    if not limit or not redis_guard.available():
+        return None
+    key = api_key_failures_key(client)
+    try:
+        pipe = limits_redis().pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        count, ttl_ms = pipe.execute()
+    except redis.RedisError as error:
+        redis_guard.failed(purpose="the failed API key rate limit", error=error)
+        return None
+    if count is None or int(count) < limit:
+        return None
+    return KeyFailuresBlocked(limit=limit, retry_after_seconds=max(1, math.ceil(ttl_ms / 1000)))
+
+
+def api_key_failure_record(*, client: str) -> None:
+    """Count one failed API key lookup (a missing, malformed or unknown key) of ``client``."""
+    if not _failure_limit() or not redis_guard.available():
+        return
+    try:
+        _script(API_KEY_FAILURE_LUA)(
+            keys=[api_key_failures_key(client)],
+            args=[API_KEY_FAILURE_WINDOW_SECONDS],
+            client=limits_redis(),
+        )
+    except redis.RedisError as error:
+        redis_guard.failed(purpose="the failed API key rate limit", error=error)
+
+
+def key_failures_response(blocked: KeyFailuresBlocked) -> HttpResponse:
+    retry_after = blocked.retry_after_seconds
+    return problem_response(
+        status=429,
+        slug="too-many-failed-keys",
+        title="Too many failed API keys",
+        detail=(
+            f"This address sent {blocked.limit} failed API key attempts within "
+            f"{API_KEY_FAILURE_WINDOW_SECONDS} s; no key is checked from it for {retry_after} s."
+        ),
+        headers={"Retry-After": str(retry_after)},
+        limit=blocked.limit,
+        window_seconds=API_KEY_FAILURE_WINDOW_SECONDS,
+    )

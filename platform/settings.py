@@ -338,6 +338,9 @@ HERALD_RATE_LIMIT_BURST_SECONDS: float = env.float("HERALD_RATE_LIMIT_BURST_SECO
 HERALD_RATE_LIMIT_DEFAULT_PER_SECOND: int = env.int(
     "HERALD_RATE_LIMIT_DEFAULT_PER_SECOND", default=20
 )
+# Failed API key lookups (missing, malformed, unknown) one client address may
+# make per minute before its keys are no longer looked up; 0 turns it off.
+HERALD_API_KEY_FAILURES_PER_MINUTE: int = env.int("HERALD_API_KEY_FAILURES_PER_MINUTE", default=30)
 # The limiter and the event quota fail open: a Redis slower than this is skipped.
 HERALD_LIMITS_REDIS_TIMEOUT_SECONDS: float = env.float(
     "HERALD_LIMITS_REDIS_TIMEOUT_SECONDS", default=0.25

@@ -2,9 +2,11 @@
 
 API requests (``/api/``) are resolved by API key, never by hostname: a request
 with a missing or bad key is refused with a problem response and never falls
-through to the public schema. The in-app inbox under ``/api/v1/inbox/`` (but
-its secret endpoints) is read by tenants' frontends, which have no key: it is
-resolved by tenant slug and subscriber hash instead (channels_delivery.inbox_auth).
+through to the public schema; a client address that keeps sending keys that
+match nothing is refused (429) before its keys are looked up (herald.limits).
+The in-app inbox under ``/api/v1/inbox/`` (but its secret endpoints) is read by
+tenants' frontends, which have no key: it is resolved by tenant slug and
+subscriber hash instead (channels_delivery.inbox_auth).
 Links in emails (``/u/``, ``/o/``, ``/c/``) carry a signed token naming their
 tenant and are answered before any lookup (channels_delivery.views_tracking), and
 so are ESPs' tracking webhooks (``/hooks/esp/``, channels_delivery.esp_tracking).
@@ -12,6 +14,7 @@ Everything else (the dashboards) is resolved by hostname, as django-tenants does
 """
 
 import logging
+import time
 
 import sentry_sdk
 from django.conf import settings
@@ -33,13 +36,22 @@ from dashboard.metrics import metrics
 from herald.limits import (
     QuotaReservation,
     RateLimitDecision,
+    api_key_failure_record,
+    api_key_failures_blocked,
+    key_failures_response,
     rate_limit_and_reserve,
     rate_limit_check,
     rate_limited_response,
 )
 from herald.problems import problem_response
 from herald.views import healthz
-from tenants.authentication import AuthenticationFailed, api_key_authenticate
+from tenants.authentication import (
+    AuthenticationFailed,
+    api_key_authenticate,
+    api_key_cache,
+    token_from_authorization,
+    token_hash,
+)
 from tenants.db import tenant_connection
 from tenants.models import Tenant
 
@@ -66,6 +78,24 @@ INBOX_CORS_HEADERS = {
     f"{HASH_HEADER}",
     "Access-Control-Max-Age": "600",
 }
+
+
+# Failures that name no key at all; a revoked or expired key is a real one.
+KEY_MATCHES_NOTHING = frozenset({"missing-api-key", "malformed-api-key", "invalid-api-key"})
+
+
+def _key_is_warm(authorization: str | None) -> bool:
+    """Whether this process verified the key moments ago (it is in the key cache).
+
+    Such a key skips the failed-key check: it costs no Redis round trip on the
+    hot path, and a client behind a shared proxy address keeps working while
+    another client there is refused for its failures.
+    """
+    try:
+        token = token_from_authorization(authorization)
+    except AuthenticationFailed:
+        return False
+    return api_key_cache.get(token_hash(token), now=time.monotonic()) is not None
 
 
 def _is_subscriber_path(path: str) -> bool:
@@ -136,9 +166,17 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
             return None
         if _is_subscriber_path(request.path_info):
             return self._resolve_inbox_request(request)
+        authorization = request.headers.get("Authorization")
+        client = request.META.get("REMOTE_ADDR") or "unknown"
+        if not _key_is_warm(authorization):
+            blocked = api_key_failures_blocked(client=client)
+            if blocked is not None:
+                return key_failures_response(blocked)
         try:
-            principal = api_key_authenticate(authorization=request.headers.get("Authorization"))
+            principal = api_key_authenticate(authorization=authorization)
         except AuthenticationFailed as failure:
+            if failure.slug in KEY_MATCHES_NOTHING:
+                api_key_failure_record(client=client)
             headers = {"WWW-Authenticate": 'Bearer realm="herald"'} if failure.status == 401 else {}
             return problem_response(
                 status=failure.status,
