@@ -6,6 +6,7 @@ and a RecursionError is reported as "too deep" rather than a server error.
 """
 
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -87,6 +88,48 @@ def _refuse_constant(name: str) -> Any:
     raise BodyProblem(f"{name} is not a JSON value (JSON has no NaN or Infinity).", token=name)
 
 
+# Longer numbers are refused: an integer past 4,300 digits can not be converted
+# at all, and a decimal this long would be silently rounded to a double's 17.
+MAX_NUMBER_DIGITS = 100
+
+
+def _number_checked(text: str) -> None:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise BodyProblem(
+            f"A number has {len(text)} digits; at most {MAX_NUMBER_DIGITS} are accepted.",
+            max_digits=MAX_NUMBER_DIGITS,
+        )
+
+
+def _parse_int(text: str) -> int:
+    _number_checked(text)
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    _number_checked(text)
+    value = float(text)
+    if math.isinf(value):
+        # PostgreSQL's jsonb can not store it either: a server error later.
+        raise BodyProblem(f"The number {text} is too large (beyond ±1.8e308).", token=text)
+    return value
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two equal keys wins; refusing them keeps a
+    # proxy or signature check from reading another object than Herald stores.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyProblem(
+                    f"Duplicate key {key!r}: it appears twice in one object.", key=key
+                )
+            seen.add(key)
+    return obj
+
+
 def parse_json_body(body: bytes) -> Any:
     limit: int = settings.HERALD_MAX_JSON_DEPTH
     try:
@@ -96,7 +139,13 @@ def parse_json_body(body: bytes) -> Any:
             f"The body is not valid UTF-8 (byte {error.start}).", position=error.start
         ) from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            object_pairs_hook=_object_without_duplicates,
+        )
     except json.JSONDecodeError as error:
         raise BodyProblem(
             f"{error.msg} at line {error.lineno}, column {error.colno} (character {error.pos}).",
