@@ -18,15 +18,16 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
+from kombu import Connection
 
 from channels_delivery.models import MessageStatus
 from herald.celery import app
 from rules_engine.models import EventStatus
+from rules_engine.services.dispatch import pipeline_publisher
 from tests.reliability.flow import (
     DELIVERY_QUEUE,
     PIPELINE_QUEUE,
@@ -50,12 +51,6 @@ EVENTS = 5
 START_SECONDS = 10.0  # for redis-server to answer PING
 WAIT_SECONDS = 30.0  # the worker reconnects with a back-off of a few seconds
 DELIVER = "channels_delivery.messages_deliver"
-
-
-FLAKY_IN_SUITE = (
-    "In the full suite it fails and leaves the pipeline publisher bound to its killed "
-    "broker, failing later tests; it passes alone. To be isolated (issue 7 note)."
-)
 
 
 def free_port() -> int:
@@ -124,7 +119,7 @@ def app_pools_forget(*, close: bool = False) -> None:
 
 
 @pytest.fixture
-def broker(settings: Any) -> Iterator[ThrowawayRedis]:
+def broker() -> Iterator[ThrowawayRedis]:
     """A throwaway Redis, the broker of this process (the API) and of the workers
     started while it is in use."""
     if not os.access(REDIS_SERVER, os.X_OK):
@@ -133,21 +128,26 @@ def broker(settings: Any) -> Iterator[ThrowawayRedis]:
         pytest.skip(f"no redis-server at {REDIS_SERVER} to start a throwaway broker with")
     server = ThrowawayRedis()
     server.start()
-    # Workers get CELERY_BROKER_URL from the settings (tests.workers). The app's conf
-    # reads Django's settings live, but a value set on it directly wins over them
-    # for good, so the one set here is removed afterwards, not "restored".
+    # Workers get CELERY_BROKER_URL from the settings (tests.workers), and the app's
+    # conf reads Django's settings live; a value set on the conf directly wins over
+    # them for good, so it is removed afterwards, not "restored". The setting is put
+    # back here, not by pytest-django's fixture, whose teardown would come after the
+    # pools are forgotten: a publish in between would bind them to the dead broker.
+    shared = settings.CELERY_BROKER_URL
     settings.CELERY_BROKER_URL = server.url
     app.conf.broker_url = server.url
     app_pools_forget()
     try:
         yield server
     finally:
+        pipeline_publisher.flush()  # what this test's events still owe the throwaway broker
+        settings.CELERY_BROKER_URL = shared
         app.conf.changes.pop("broker_url", None)
         app_pools_forget(close=True)
         server.stop()
+    assert app.connection_for_write().as_uri() == Connection(shared).as_uri()
 
 
-@pytest.mark.skip(reason=FLAKY_IN_SUITE)
 def test_events_lost_with_the_broker_are_delivered_once_it_is_back(
     flows: Callable[[str], Flow], broker: ThrowawayRedis
 ) -> None:
@@ -155,8 +155,13 @@ def test_events_lost_with_the_broker_are_delivered_once_it_is_back(
     output: list[str] = []  # both workers' lines
     with celery_worker(queues=DELIVERY_QUEUE, env=WORKER_ENV, output=output):
         event_ids = events_post(flow, EVENTS)
-        # Accepted, and their pipeline tasks wait in the broker (nobody consumes them yet).
-        assert broker.client().llen(PIPELINE_QUEUE) == EVENTS
+        # Accepted, and their pipeline tasks wait in the broker (nobody consumes them
+        # yet); the publisher's thread hands them over within its interval.
+        wait_for(
+            "the accepted events' pipeline tasks to reach the broker",
+            lambda: broker.client().llen(PIPELINE_QUEUE) == EVENTS,
+            timeout=WAIT_SECONDS,
+        )
         broker.kill()
         broker.start()
         assert broker.client().llen(PIPELINE_QUEUE) == 0  # the queue went with it
