@@ -9,6 +9,7 @@ Every error leaves as application/problem+json.
 import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Field, NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
@@ -57,7 +58,9 @@ COMMON_PROBLEMS = {
     "422": "Validation failed: the errors name each field (a JSON pointer)",
     "429": "Request rate or monthly event quota exceeded (Retry-After)",
     "500": "Unexpected error",
+    "503": "The database is unreachable for the moment (Retry-After)",
 }
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class HeraldNinjaAPI(NinjaAPI):
@@ -188,6 +191,26 @@ def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
         slug="not-found",
         title="Not found",
         detail=str(exc) or "No such resource in this tenant.",
+    )
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def database_unavailable(
+    request: HttpRequest, exc: OperationalError | InterfaceError
+) -> HttpResponse:
+    """The database went away mid-request (a restart, a failover, a dropped
+    connection): the client may retry, as when it happens during authentication
+    (tenants.middleware). Django drops the broken connection after the request;
+    the next one reconnects. Errors in what was asked (an integrity error, a bad
+    query) stay 500s."""
+    logger.exception("database unavailable in %s %s", request.method, request.path)
+    return problem_response(
+        status=503,
+        slug="service-unavailable",
+        title="Service unavailable",
+        detail="Herald's database is unreachable; retry shortly.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
 
 
