@@ -12,7 +12,6 @@ they fail with it: CI must run them.
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -49,13 +48,6 @@ LAUNCH_TIMEOUT_MS = 30_000
 # pytest's global timeout.
 ACTION_TIMEOUT_MS = 10_000
 NAVIGATION_TIMEOUT_MS = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _answers(port: int) -> bool:

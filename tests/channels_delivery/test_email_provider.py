@@ -30,6 +30,7 @@ from channels_delivery.providers.base import (
     ResultKind,
     provider_get,
 )
+from tests.ports import free_port
 
 USERNAME = "herald"
 PASSWORD = "s3cret-smtp-password"
@@ -85,12 +86,6 @@ class Sink:
         content = self.received[index].original_content
         assert content is not None
         return email.message_from_bytes(content, policy=email.policy.default)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

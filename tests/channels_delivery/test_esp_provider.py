@@ -4,7 +4,6 @@ endpoints), and django-anymail's own backends talk to them."""
 
 import base64
 import json
-import socket
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -28,6 +27,7 @@ from tenants.models import Tenant
 from tests.channels_delivery.sinks import HttpSink, http_sink
 from tests.channels_delivery.test_delivery import a_message, attempts_of, fresh
 from tests.channels_delivery.test_email_provider import rendered
+from tests.ports import free_port
 
 API_KEY = "pm-server-token-7f3a9c2e51"
 SECRET_KEY = "mj-secret-key-0b8d4e6f21"
@@ -62,12 +62,6 @@ def esp_config(sink: HttpSink, esp: str = "postmark", **overrides: Any) -> dict[
         config["secret_key"] = SECRET_KEY
     config.update(overrides)
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def no_secret_in(*texts: str) -> bool:

@@ -36,11 +36,11 @@ from tenants.models import Tenant
 from tests.browser import (
     Screenshots,
     chromium,
-    free_port,
     herald_server,
     new_page,
     require_chromium,
 )
+from tests.ports import free_port
 from tests.threads import in_own_connection
 from tests.workers import ROOT
 

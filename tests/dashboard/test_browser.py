@@ -36,13 +36,13 @@ from tenants.models import Tenant
 from tests.browser import (
     Screenshots,
     chromium,
-    free_port,
     herald_server,
     new_page,
     require_chromium,
     screenshot_if_failed,
 )
 from tests.conftest import TENANT_PASSWORD
+from tests.ports import free_port
 from tests.threads import in_own_connection
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,17 +31,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.ports import free_port
+
 START_SECONDS = 30.0  # crash recovery included
 COMMAND_SECONDS = 60.0
 SYSTEM_BINARIES = Path("/usr/lib/postgresql")  # <version>/bin
 SERVER_USERS = ("postgres", "nobody")  # to run as, when this process is root
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def binaries() -> Path | None:

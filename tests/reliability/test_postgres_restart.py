@@ -54,8 +54,9 @@ from psycopg import sql
 from channels_delivery.models import Message, MessageStatus
 from rules_engine.models import Event, EventStatus
 from tests.channels_delivery.sinks import HttpSink
+from tests.ports import free_port
 from tests.reliability.flow import BODY_TEMPLATE
-from tests.reliability.postgres import ThrowawayPostgres, free_port, throwaway_postgres
+from tests.reliability.postgres import ThrowawayPostgres, throwaway_postgres
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(180)]
 

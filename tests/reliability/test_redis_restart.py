@@ -13,7 +13,6 @@ event's message reaches the sink exactly once.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from channels_delivery.models import MessageStatus
 from herald.celery import app
 from rules_engine.models import EventStatus
 from rules_engine.services.dispatch import pipeline_publisher
+from tests.ports import free_port
 from tests.reliability.flow import (
     DELIVERY_QUEUE,
     PIPELINE_QUEUE,
@@ -51,13 +51,6 @@ EVENTS = 5
 START_SECONDS = 10.0  # for redis-server to answer PING
 WAIT_SECONDS = 30.0  # the worker reconnects with a back-off of a few seconds
 DELIVER = "channels_delivery.messages_deliver"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(kw_only=True)
