@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv lint clean bench
+.PHONY: run test venv lint clean bench soak
 
 run: $(STAMP)
 	$(VPY) -m herald.devstack run
@@ -15,7 +15,7 @@ test: $(STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@PY=""; for c in python3 python3.13 python3.12 python3.11; do \
 	  if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then PY=$$c; break; fi; \
 	done; \
@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	echo "[herald] creating $(VENV) with $$PY and installing Herald"; \
 	$$PY -m venv $(VENV) && \
 	$(VPY) -m pip install --quiet --upgrade pip && \
-	$(VPY) -m pip install --quiet -e '.[dev,embedded]'
+	$(VPY) -m pip install --quiet -e '.[dev,embedded]' && \
+	$(VPY) -m pip install --quiet -e ./clients/python
 	@touch $(STAMP)
 
 # Every benchmark and the summary of docs/benchmarks.md (about an hour; needs wrk
@@ -31,8 +32,14 @@ $(STAMP): pyproject.toml
 bench: $(STAMP)
 	$(VPY) bench/all.py $(BENCH_ARGS)
 
+# Ten minutes of mixed load across 50 tenants, some endpoints failing or slow;
+# rewrites docs/soak.md with --write-docs (SOAK_ARGS). Not part of `make test` or CI.
+soak: $(STAMP)
+	$(VPY) bench/soak.py $(SOAK_ARGS)
+
 lint: $(STAMP)
-	$(VPY) -m ruff check . && $(VPY) -m ruff format --check . && $(VPY) -m mypy
+	$(VPY) -m ruff check . && $(VPY) -m ruff format --check . && $(VPY) -m mypy && \
+	cd clients/python && ../../$(VPY) -m mypy
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
