@@ -463,22 +463,25 @@ def chromium_ensure(
 def command_test(arguments: argparse.Namespace) -> int:
     with services(database="herald", redis_db=15) as found:
         env = child_env(found, HERALD_ENV="test")
-        steps: list[tuple[str, list[str]]] = [
-            ("ruff check", [sys.executable, "-m", "ruff", "check", "."]),
-            ("ruff format --check", [sys.executable, "-m", "ruff", "format", "--check", "."]),
+        sdk = ROOT / "clients" / "python"
+        steps: list[tuple[str, list[str], Path]] = [
+            ("ruff check", [sys.executable, "-m", "ruff", "check", "."], ROOT),
+            ("ruff format --check", [sys.executable, "-m", "ruff", "format", "--check", "."], ROOT),
             # No path argument: pyproject.toml names the packages (see .typecheck/).
-            ("mypy", [sys.executable, "-m", "mypy"]),
-            ("pytest", [sys.executable, "-m", "pytest", *arguments.pytest_args]),
+            ("mypy", [sys.executable, "-m", "mypy"], ROOT),
+            # The SDK with its own, stricter settings (clients/python/pyproject.toml).
+            ("mypy --strict (herald-client)", [sys.executable, "-m", "mypy"], sdk),
+            ("pytest", [sys.executable, "-m", "pytest", *arguments.pytest_args], ROOT),
         ]
         failed: list[str] = []
-        for name, command in steps:
+        for name, command, where in steps:
             say(f"--- {name}")
             if name == "pytest":
                 chromium_problem = chromium_ensure()
                 env.pop(CHROMIUM_PROBLEM_ENV, None)
                 if chromium_problem is not None:
                     env[CHROMIUM_PROBLEM_ENV] = chromium_problem
-            if subprocess.run(command, env=env, cwd=ROOT).returncode != 0:
+            if subprocess.run(command, env=env, cwd=where).returncode != 0:
                 failed.append(name)
     if failed:
         say(f"FAILED: {', '.join(failed)}")

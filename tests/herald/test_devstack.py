@@ -368,13 +368,15 @@ def test_the_test_command_tells_pytest_why_chromium_is_missing(
     """Only before pytest (the static checks need no browser), and the reason
     reaches the tests, which fail with it in CI (tests/browser.py)."""
     calls: list[tuple[str, dict[str, str]]] = []
+    folders: list[Path] = []
 
     @contextlib.contextmanager
     def no_services(**kwargs: Any) -> Iterator[devstack.Services]:
         yield devstack.Services(database_url="postgres://x/y", redis_url="redis://x/0")
 
-    def record(command: list[str], env: dict[str, str], **kwargs: Any) -> Any:
+    def record(command: list[str], env: dict[str, str], cwd: Path, **kwargs: Any) -> Any:
         calls.append((" ".join(command[1:4]), dict(env)))
+        folders.append(cwd)
         return subprocess.CompletedProcess(command, 0)
 
     def chromium_ensure() -> str:
@@ -393,9 +395,12 @@ def test_the_test_command_tells_pytest_why_chromium_is_missing(
         "-m ruff check",
         "-m ruff format",
         "-m mypy",
+        "-m mypy",  # the SDK, strict, with its own settings
         "chromium_ensure",
         "-m pytest -k",
     ]
+    assert folders[3] == devstack.ROOT / "clients" / "python"
+    assert set(folders) - {folders[3]} == {devstack.ROOT}
     assert calls[-1][1][devstack.CHROMIUM_PROBLEM_ENV] == (
         "Chromium could not be installed: no network"
     )
