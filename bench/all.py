@@ -8,8 +8,11 @@ its own process, each with its own same-run references: pgbench INSERTs, a
 minimal Django view, a Python function, a COPY, the login page), lets each
 rewrite its own section of docs/benchmarks.md, and writes the summary at the
 top: every headline figure with its target, reference, ratio, machine, date
-and the command that produced it. ``--quick`` runs smaller sizes, to check the
-machinery; its figures are marked as such and are no verdict.
+and the command that produced it. Each benchmark's figures are kept in
+docs/benchmark-figures/NAME.json, so ``--only`` reruns some and the summary
+still shows the others' figures from their last run (with that run's date).
+``--quick`` runs smaller sizes, to check the machinery; its figures are marked
+as such, are no verdict, and are not kept.
 
 Exit status: 0 when every benchmark ran (targets met or not), 1 when one
 failed, 130 when interrupted.
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, DOCS_HEADER, ROOT, find_pgbench, markdown_table, say, utc_now
 
 BENCH = Path(__file__).resolve().parent
+KEPT = ROOT / "docs" / "benchmark-figures"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,18 @@ def run_one(bench: Bench, *, quick: bool, folder: Path) -> dict[str, object] | N
     if result.returncode != 0 or not figures.exists():
         return None
     loaded: dict[str, object] = json.loads(figures.read_text())
+    if not quick:
+        KEPT.mkdir(parents=True, exist_ok=True)
+        (KEPT / f"{bench.name}.json").write_text(json.dumps(loaded, indent=2) + "\n")
+    return loaded
+
+
+def kept(name: str) -> dict[str, object] | None:
+    """The figures of ``name``'s last full run, if one was kept."""
+    path = KEPT / f"{name}.json"
+    if not path.exists():
+        return None
+    loaded: dict[str, object] = json.loads(path.read_text())
     return loaded
 
 
@@ -191,12 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+    if not arguments.quick:  # the benchmarks not run now: their last full run's figures
+        for bench in BENCHES:
+            if bench.name not in results and (earlier := kept(bench.name)) is not None:
+                results[bench.name] = earlier
+        results = {b.name: results[b.name] for b in BENCHES if b.name in results}
     text = summary(results, quick=arguments.quick)
     print(text)
     if not arguments.quick:
         write_summary(text)
         say(f"wrote the summary of {DOCS.relative_to(ROOT)}")
-    return 0 if all(result is not None for result in results.values()) else 1
+    return 0 if all(results.get(bench.name) is not None for bench in chosen) else 1
 
 
 if __name__ == "__main__":
