@@ -594,6 +594,44 @@ class Poster:
         raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SinkReference:
+    """The sink alone, measured in the same run: what delivery could reach if
+    Herald's own work cost nothing."""
+
+    posts_per_s: float  # from REFERENCE_THREADS threads (as many as delivery processes)
+    round_trip_ms: float  # p50 of one POST answered
+
+
+REFERENCE_THREADS = 2
+REFERENCE_SECONDS = 5.0
+
+
+def sink_reference(stack: Stack) -> SinkReference:
+    """POSTs of a webhook-sized body to the sink over keep-alive connections, from
+    REFERENCE_THREADS threads for REFERENCE_SECONDS; the sink's records are
+    emptied afterwards, so no run counts them."""
+    poster = Poster(stack.sink_url, {"Content-Type": "application/json"})
+    body = json.dumps({"event_id": "reference", "payload": {"n": 0, "text": "x" * 200}}).encode()
+    deadline = time.monotonic() + REFERENCE_SECONDS
+
+    def hammer() -> list[float]:
+        trips = []
+        while time.monotonic() < deadline:
+            status, _, sent_at, answered_at = poster.post("/reference", body)
+            if status != 200:
+                raise BenchError(f"the sink answered {status} to the reference POST")
+            trips.append((answered_at - sent_at) * 1000)
+        return trips
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
+        trips = [t for each in pool.map(lambda _: hammer(), range(REFERENCE_THREADS)) for t in each]
+    elapsed = time.monotonic() - started
+    sink_dump(stack.sink_url)
+    return SinkReference(posts_per_s=len(trips) / elapsed, round_trip_ms=percentile(trips, 50))
+
+
 def post_batches(stack: Stack, *, first: int, count: int, batch_size: int) -> list[Sent]:
     """Events ``first`` … ``first + count - 1`` in batches, over 4 connections."""
     poster = Poster(stack.url, stack.headers())
@@ -1090,8 +1128,10 @@ class Report:
     load_before: float
     background_before: float
     processes: list[str]
+    reference: SinkReference | None = None
 
     def figures(self) -> list[Figure]:
+        ref = self.reference
         found = []
         for measured in (self.run("throughput"), self.run("drain")):
             if measured is not None:
@@ -1103,6 +1143,8 @@ class Report:
                         unit="messages/s",
                         target=f"≥ {TARGET_MESSAGES_PER_S:,}/s",
                         met=rate >= TARGET_MESSAGES_PER_S,
+                        reference=f"the sink alone, POSTs/s from {REFERENCE_THREADS} threads",
+                        reference_value=ref.posts_per_s if ref else None,
                     )
                 )
         latency = self.run("latency")
@@ -1117,6 +1159,8 @@ class Report:
                         unit="ms",
                         target=f"≤ {target:.0f} ms",
                         met=value <= target,
+                        reference="one POST to the sink alone, p50 round trip ms",
+                        reference_value=ref.round_trip_ms if ref else None,
                     )
                 )
         return found
@@ -1164,6 +1208,17 @@ class Report:
             f"{self.background_before:.0f}% CPU busy before the runs  ",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
             "",
+            *(
+                [
+                    f"Same-run reference: the sink alone took {self.reference.posts_per_s:,.0f} "
+                    f"POSTs/s from {REFERENCE_THREADS} threads of this script over kept-alive "
+                    f"connections, p50 round trip {self.reference.round_trip_ms:.2f} ms: what "
+                    "delivery could reach if Herald's own work cost nothing.",
+                    "",
+                ]
+                if self.reference
+                else []
+            ),
             "What ran (each in its own process group, all on this machine):",
             "",
             *(f"- {line}" for line in self.processes),
@@ -1455,6 +1510,11 @@ def benchmark(arguments: argparse.Namespace, argv: list[str]) -> Report:
     with own_stack(arguments) as stack:
         smoke_test(stack)
         say("smoke test passed: one event delivered, signature verified")
+        reference = sink_reference(stack)
+        say(
+            f"reference: the sink alone takes {reference.posts_per_s:,.0f} POSTs/s from "
+            f"{REFERENCE_THREADS} threads, p50 round trip {reference.round_trip_ms:.2f} ms"
+        )
         first = 100
         for name in arguments.runs:
             step = {"throughput": throughput_run, "drain": drain_run, "latency": latency_run}[name]
@@ -1492,6 +1552,7 @@ def benchmark(arguments: argparse.Namespace, argv: list[str]) -> Report:
         load_before=load_before,
         background_before=background,
         processes=processes,
+        reference=reference,
     )
 
 

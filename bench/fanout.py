@@ -907,7 +907,6 @@ class Report:
     background: float
     peak_rss_mib: float
 
-    @property
     def figures(self) -> list[Figure]:
         n = self.scenario.subscribers
         return [
@@ -922,6 +921,7 @@ class Report:
             )
         ]
 
+    @property
     def median_s(self) -> float:
         return statistics.median(run_.seconds for run_ in self.runs)
 
