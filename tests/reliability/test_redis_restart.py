@@ -100,13 +100,12 @@ class ThrowawayRedis:
                 self.process.kill()
 
 
-def app_pools_forget(*, close: bool = False) -> None:
+def app_pools_forget() -> None:
     """The app's connection and producer pools were made for the broker it had;
-    the next publish makes them for the one it has now. kombu keeps pools in a
-    registry by URL, so only a pool never used again (the throwaway broker's) may
-    be closed: a closed one would be handed out again for its URL."""
-    if close and app._pool is not None:
-        app._pool.force_close_all()
+    the next publish makes them for the one it has now. None is closed: kombu
+    keeps pools in a registry by URL and hands a closed one out again for its
+    URL, so closing the wrong one (the shared broker's, if a publish made it the
+    app's pool meanwhile) broke every later publish of the run."""
     app._pool = None
     app.amqp._producer_pool = None
 
@@ -126,7 +125,10 @@ def broker() -> Iterator[ThrowawayRedis]:
     # them for good, so it is removed afterwards, not "restored". The setting is put
     # back here, not by pytest-django's fixture, whose teardown would come after the
     # pools are forgotten: a publish in between would bind them to the dead broker.
-    shared = settings.CELERY_BROKER_URL
+    shared, interval = settings.CELERY_BROKER_URL, settings.HERALD_PIPELINE_PUBLISH_MS
+    # Events are published in the request's thread as they commit, not by the
+    # publisher's background thread, whose timing the full suite's load decides.
+    settings.HERALD_PIPELINE_PUBLISH_MS = 0
     settings.CELERY_BROKER_URL = server.url
     app.conf.broker_url = server.url
     app_pools_forget()
@@ -134,9 +136,9 @@ def broker() -> Iterator[ThrowawayRedis]:
         yield server
     finally:
         pipeline_publisher.flush()  # what this test's events still owe the throwaway broker
-        settings.CELERY_BROKER_URL = shared
+        settings.CELERY_BROKER_URL, settings.HERALD_PIPELINE_PUBLISH_MS = shared, interval
         app.conf.changes.pop("broker_url", None)
-        app_pools_forget(close=True)
+        app_pools_forget()
         server.stop()
     assert app.connection_for_write().as_uri() == Connection(shared).as_uri()
 
