@@ -51,11 +51,6 @@ EVENTS = 5
 START_SECONDS = 10.0  # for redis-server to answer PING
 WAIT_SECONDS = 30.0  # the worker reconnects with a back-off of a few seconds
 DELIVER = "channels_delivery.messages_deliver"
-FLAKY_IN_SUITE = (
-    "Passes alone and after tests/reliability; failed in the fresh-clone full suite "
-    "(2026-11-23, session 5) after the pool-closing cause was removed: to be isolated "
-    "(issue 7 note)."
-)
 
 
 @dataclass(kw_only=True)
@@ -148,9 +143,27 @@ def broker() -> Iterator[ThrowawayRedis]:
     assert app.connection_for_write().as_uri() == Connection(shared).as_uri()
 
 
-@pytest.mark.skip(reason=FLAKY_IN_SUITE)
+def broker_state(broker: ThrowawayRedis, caplog: pytest.LogCaptureFixture) -> str:
+    """Where this process publishes now, and what each broker holds: the failure
+    message of a publish that did not reach the throwaway broker."""
+    with app.connection_for_write() as connection:
+        uri = connection.as_uri()
+    shared = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=5)
+    lines = [
+        f"app publishes to {uri}; throwaway broker {broker.url}",
+        f"{PIPELINE_QUEUE} holds {broker.client().llen(PIPELINE_QUEUE)} on the throwaway, "
+        f"{shared.llen(PIPELINE_QUEUE)} on {settings.CELERY_BROKER_URL}",
+        f"throwaway keys: {sorted(broker.client().keys('*'))}",
+        f"task_always_eager={app.conf.task_always_eager} "
+        f"route={app.amqp.router.route({}, 'rules_engine.event_process_many')}",
+        f"HERALD_PIPELINE_PUBLISH_MS={settings.HERALD_PIPELINE_PUBLISH_MS}",
+        *(f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def test_events_lost_with_the_broker_are_delivered_once_it_is_back(
-    flows: Callable[[str], Flow], broker: ThrowawayRedis
+    flows: Callable[[str], Flow], broker: ThrowawayRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     flow = flows("restart")
     output: list[str] = []  # both workers' lines
@@ -158,11 +171,14 @@ def test_events_lost_with_the_broker_are_delivered_once_it_is_back(
         event_ids = events_post(flow, EVENTS)
         # Accepted, and their pipeline tasks wait in the broker (nobody consumes them
         # yet); the publisher's thread hands them over within its interval.
-        wait_for(
-            "the accepted events' pipeline tasks to reach the broker",
-            lambda: broker.client().llen(PIPELINE_QUEUE) == EVENTS,
-            timeout=WAIT_SECONDS,
-        )
+        try:
+            wait_for(
+                "the accepted events' pipeline tasks to reach the broker",
+                lambda: broker.client().llen(PIPELINE_QUEUE) == EVENTS,
+                timeout=WAIT_SECONDS,
+            )
+        except pytest.fail.Exception as failed:
+            pytest.fail(f"{failed}\n{broker_state(broker, caplog)}")
         broker.kill()
         broker.start()
         assert broker.client().llen(PIPELINE_QUEUE) == 0  # the queue went with it
