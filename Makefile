@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$$PY -m venv $(VENV) && \
 	$(VPY) -m pip install --quiet --upgrade pip && \
 	$(VPY) -m pip install --quiet -e '.[dev,embedded]' && \
-	$(VPY) -m pip install --quiet -e ./clients/python
+	$(VPY) -m pip install --quiet -e "./clients/python[django]"
 	@touch $(STAMP)
 
 # Every benchmark and the summary of docs/benchmarks.md (about an hour; needs wrk

@@ -6,11 +6,10 @@ from typing import Any
 import pytest
 
 from channels_delivery.services.dispatch import SLOW_LANE_QUEUE
-from herald.celery import app
 from tenants.models import Tenant
 from tests.channels_delivery.sinks import HttpSink, http_sink
 from tests.reliability.flow import DELIVERY_QUEUE, PIPELINE_QUEUE, Flow, flow_create, flow_forget
-from tests.workers import routing_reset
+from tests.workers import queues_purge, routing_reset
 
 
 @pytest.fixture
@@ -33,13 +32,7 @@ def _routed_as_configured() -> None:
 
 @pytest.fixture(autouse=True)
 def _queues_empty() -> None:
-    """Tasks earlier tests published with no worker running wait in the shared
-    broker's queues; a worker started here would work through them before this
-    test's own, and the test's time bounds would measure them."""
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        for queue in (PIPELINE_QUEUE, DELIVERY_QUEUE, SLOW_LANE_QUEUE):
-            channel.queue_purge(queue)
+    queues_purge(PIPELINE_QUEUE, DELIVERY_QUEUE, SLOW_LANE_QUEUE)
 
 
 @pytest.fixture

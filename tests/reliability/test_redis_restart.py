@@ -51,6 +51,7 @@ EVENTS = 5
 START_SECONDS = 10.0  # for redis-server to answer PING
 WAIT_SECONDS = 30.0  # the worker reconnects with a back-off of a few seconds
 DELIVER = "channels_delivery.messages_deliver"
+BROKER_ENV = "CELERY_BROKER_URL"
 
 
 @dataclass(kw_only=True)
@@ -120,16 +121,19 @@ def broker() -> Iterator[ThrowawayRedis]:
         pytest.skip(f"no redis-server at {REDIS_SERVER} to start a throwaway broker with")
     server = ThrowawayRedis()
     server.start()
-    # Workers get CELERY_BROKER_URL from the settings (tests.workers), and the app's
-    # conf reads Django's settings live; a value set on the conf directly wins over
-    # them for good, so it is removed afterwards, not "restored". The setting is put
-    # back here, not by pytest-django's fixture, whose teardown would come after the
-    # pools are forgotten: a publish in between would bind them to the dead broker.
+    # Workers get CELERY_BROKER_URL from the settings (tests.workers). This process's
+    # app reads it from three places, first found wins: the CELERY_BROKER_URL
+    # environment variable (which `make test` sets: the reason this test failed
+    # only there), a value set on the conf, and Django's settings. All three point
+    # at the throwaway broker while it is in use, and are put back here, not by
+    # pytest's fixtures, whose teardown would come after the pools are forgotten:
+    # a publish in between would bind them to the dead broker.
     shared, interval = settings.CELERY_BROKER_URL, settings.HERALD_PIPELINE_PUBLISH_MS
+    environment = os.environ.get(BROKER_ENV)
     # Events are published in the request's thread as they commit, not by the
     # publisher's background thread, whose timing the full suite's load decides.
     settings.HERALD_PIPELINE_PUBLISH_MS = 0
-    settings.CELERY_BROKER_URL = server.url
+    settings.CELERY_BROKER_URL = os.environ[BROKER_ENV] = server.url
     app.conf.broker_url = server.url
     app_pools_forget()
     try:
@@ -137,6 +141,11 @@ def broker() -> Iterator[ThrowawayRedis]:
     finally:
         pipeline_publisher.flush()  # what this test's events still owe the throwaway broker
         settings.CELERY_BROKER_URL, settings.HERALD_PIPELINE_PUBLISH_MS = shared, interval
+        if environment is None:
+            os.environ.pop(BROKER_ENV, None)
+        else:
+            os.environ[BROKER_ENV] = environment
+        # A value set on the conf wins over Django's settings for good: removed, not restored.
         app.conf.changes.pop("broker_url", None)
         app_pools_forget()
         server.stop()
@@ -148,11 +157,10 @@ def broker_state(broker: ThrowawayRedis, caplog: pytest.LogCaptureFixture) -> st
     message of a publish that did not reach the throwaway broker."""
     with app.connection_for_write() as connection:
         uri = connection.as_uri()
-    shared = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=5)
     lines = [
         f"app publishes to {uri}; throwaway broker {broker.url}",
-        f"{PIPELINE_QUEUE} holds {broker.client().llen(PIPELINE_QUEUE)} on the throwaway, "
-        f"{shared.llen(PIPELINE_QUEUE)} on {settings.CELERY_BROKER_URL}",
+        f"{BROKER_ENV}={os.environ.get(BROKER_ENV)} setting={settings.CELERY_BROKER_URL}",
+        f"{PIPELINE_QUEUE} holds {broker.client().llen(PIPELINE_QUEUE)} on the throwaway",
         f"throwaway keys: {sorted(broker.client().keys('*'))}",
         f"task_always_eager={app.conf.task_always_eager} "
         f"route={app.amqp.router.route({}, 'rules_engine.event_process_many')}",
@@ -170,7 +178,7 @@ def test_events_lost_with_the_broker_are_delivered_once_it_is_back(
     with celery_worker(queues=DELIVERY_QUEUE, env=WORKER_ENV, output=output):
         event_ids = events_post(flow, EVENTS)
         # Accepted, and their pipeline tasks wait in the broker (nobody consumes them
-        # yet); the publisher's thread hands them over within its interval.
+        # yet); each was published as its request committed.
         try:
             wait_for(
                 "the accepted events' pipeline tasks to reach the broker",

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from rules_engine.models import Event, Subscriber, Topic
 from tenants.models import ApiKey, Tenant
 from tests.channels_delivery.test_worker_kill import in_tenant
 from tests.factories import api_key_issue
+from tests.ports import free_port
 from tests.threads import in_own_connection
 from tests.workers import ROOT, database_url
 
@@ -49,18 +49,13 @@ PREFIX = "sdk-"  # every subscriber, topic and event type a test makes starts wi
 FAST_BACKOFF = Backoff(initial=0.01, maximum=0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
-def herald_server(**env_overrides: str) -> Iterator[str]:
-    """gunicorn (one gthread worker) serving Herald on a free port of 127.0.0.1,
-    against the test database and Redis; yields its base URL once it is healthy."""
-    port = free_port()
+def herald_server(*, port: int | None = None, **env_overrides: str) -> Iterator[str]:
+    """gunicorn (one gthread worker) serving Herald on ``port`` (a free one if
+    None) of 127.0.0.1, against the test database and Redis; yields its base URL
+    once it is healthy. Given the same port, a later server takes the same URL
+    (Herald stopped and started again)."""
+    port = port or free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),

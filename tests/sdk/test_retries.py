@@ -27,7 +27,8 @@ from herald_client import (
 from herald_client._retry import retry_after_seconds
 
 from tests.channels_delivery.sinks import HttpSink, http_sink
-from tests.sdk.conftest import FAST_BACKOFF, free_port
+from tests.ports import free_port
+from tests.sdk.conftest import FAST_BACKOFF
 
 TOKEN = "hk_test_" + "a" * 40
 ACCEPTED = json.dumps(
