@@ -7,6 +7,7 @@ Every error leaves as application/problem+json.
 """
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import InterfaceError, OperationalError
@@ -140,12 +141,23 @@ def insufficient_scope(request: HttpRequest, exc: InsufficientScope) -> HttpResp
     )
 
 
+def json_pointer_of(location: Sequence[Any]) -> str:
+    """A pydantic error location as a JSON pointer. The tags of tagged unions,
+    written ``<like-this>`` (rules_engine.api.events.Recipient), name a branch of
+    the schema, not a place in the document, and are left out."""
+    kept = (
+        part for part in location
+        if not (isinstance(part, str) and part.startswith("<") and part.endswith(">"))
+    )  # fmt: skip
+    return "/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in kept)
+
+
 def _pointer(location: tuple[Any, ...] | list[Any]) -> str:
     """A JSON pointer into the request: body fields from the body's root."""
     parts = list(location)
     # django-ninja reports body fields as ("body", <parameter name>, field, …).
     parts = parts[2:] if parts[:1] == ["body"] else parts
-    return "/" + "/".join(str(part) for part in parts)
+    return json_pointer_of(parts)
 
 
 @api.exception_handler(ValidationError)

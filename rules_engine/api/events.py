@@ -15,13 +15,15 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     field_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from herald.api import FieldErrorOut, ProblemOut, require_scope
+from herald.api import FieldErrorOut, ProblemOut, json_pointer_of, require_scope
 from herald.limits import QuotaExceeded, quota_exceeded_response
 from herald.problems import FieldError, field_errors_out, problem_response
 from rules_engine.selectors.events import event_get
@@ -70,6 +72,19 @@ class InlineSubscriber(BaseModel):
         return value
 
 
+def _recipient_kind(value: Any) -> str:
+    return "<subscriber>" if isinstance(value, dict | InlineSubscriber) else "<id>"
+
+
+# A subscriber id or an inline profile, told apart by the JSON type, so that an
+# invalid profile is reported at its own fields (/to/0/phone), not also as "not a
+# string". Tags in <brackets> are left out of error pointers (herald.api).
+Recipient = Annotated[
+    Annotated[ExternalId, Tag("<id>")] | Annotated[InlineSubscriber, Tag("<subscriber>")],
+    Discriminator(_recipient_kind),
+]
+
+
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,14 +94,14 @@ class EventIn(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
         description="The event type's key, e.g. order.shipped.",
     )
-    to: list[ExternalId | InlineSubscriber] = Field(
+    to: list[Recipient] = Field(
         default_factory=list,
         max_length=1000,
         description="Recipients: subscriber ids, or inline profiles.",
     )
     topic: str | None = Field(default=None, max_length=200, description="Fan out to a topic.")
     payload: dict[str, Any] = Field(default_factory=dict)
-    actor: ExternalId | InlineSubscriber | None = None
+    actor: Recipient | None = None
     send_at: AwareDatetime | None = Field(
         default=None, description="Deliver at this time instead of now (with a UTC offset)."
     )
@@ -254,10 +269,7 @@ def event_send(request: HttpRequest, response: HttpResponse, body: EventIn) -> A
 
 def _item_errors(error: PydanticValidationError) -> list[FieldError]:
     return [
-        FieldError(
-            pointer="/" + "/".join(str(part) for part in detail["loc"]),
-            detail=detail["msg"],
-        )
+        FieldError(pointer=json_pointer_of(detail["loc"]), detail=detail["msg"])
         for detail in error.errors()
     ]
 

@@ -26,7 +26,7 @@ from rules_engine.api.event_types import (
     require_config_read,
     require_config_write,
 )
-from rules_engine.api.events import ExternalId, InlineSubscriber
+from rules_engine.api.events import Recipient
 from rules_engine.api.subscribers import PageQuery
 from rules_engine.models import Rule, RuleVersion
 from rules_engine.rule_options import (
@@ -341,7 +341,7 @@ class RuleTestIn(BaseModel):
     event_id: UUID | None = Field(
         default=None, description="A stored event of the rule's event type, to run again."
     )
-    to: list[ExternalId | InlineSubscriber] | None = Field(
+    to: list[Recipient] | None = Field(
         default=None,
         max_length=1000,
         description="The event's recipients: subscriber ids or inline profiles (shown as given, "
@@ -352,7 +352,7 @@ class RuleTestIn(BaseModel):
         max_length=200,
         description="The event's topic. With `event_id`: replaces the stored event's.",
     )
-    actor: ExternalId | InlineSubscriber | None = Field(
+    actor: Recipient | None = Field(
         default=None, description="The event's actor. With `event_id`: replaces the stored event's."
     )
     limit: int = Field(

@@ -134,6 +134,35 @@ def test_invalid_event_is_422_naming_the_field(api_a: ApiClient, body: dict, poi
     assert any(p.startswith(pointer) for p in pointers), pointers
 
 
+@pytest.mark.parametrize(
+    ("body", "pointer"),
+    [
+        ({"to": [{"id": "u", "email": "nope"}]}, "/to/0/email"),
+        ({"to": ["u-1", {"id": "u", "phone": "0155512"}]}, "/to/1/phone"),
+        ({"to": [{"email": "x@example.com"}]}, "/to/0/id"),
+        ({"to": [{"id": "u", "surprise": 1}]}, "/to/0/surprise"),
+        ({"to": [["u-1"]]}, "/to/0"),
+        ({"to": [""]}, "/to/0"),
+        ({"actor": {"id": "u", "phone": "1"}}, "/actor/phone"),
+    ],
+)
+def test_an_invalid_recipient_is_named_at_its_own_field(
+    api_a: ApiClient, body: dict, pointer: str
+) -> None:
+    """One error, where the mistake is: an inline profile is not also reported as
+    "not a string", and no schema branch name shows in the pointer."""
+    problem = assert_problem(post(api_a, {"event": "x", **body}), 422, "validation-failed")
+    assert [error["pointer"] for error in problem["errors"]] == [pointer]
+
+
+def test_an_invalid_recipient_in_a_batch_is_named_at_its_field(api_a: ApiClient) -> None:
+    events = [{"event": "x", "to": [{"id": "u", "phone": "0155512"}]}]
+    response = post(api_a, {"events": events}, "/api/v1/events/batch")
+    assert response.status_code == 202
+    (result,) = response.json()["results"]
+    assert [error["pointer"] for error in result["errors"]] == ["/to/0/phone"]
+
+
 def test_payload_is_validated_against_the_event_type_schema(
     api_a: ApiClient, order_type: None
 ) -> None:

@@ -463,3 +463,43 @@ def test_only_committed_changes_that_match_become_events(shop: Shop) -> None:
             },
         ],
     ]  # fmt: skip
+
+
+def test_a_wrong_setting_or_mapping_is_named(shop: Shop) -> None:
+    """`manage.py check` names a malformed HERALD_URL; a mapping that names no
+    model, or a model that does not exist, fails with what to fix."""
+    env = shop.env(HERALD_URL="herald.example.com")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=SHOP_DIR, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "herald_client.E001" in done.stderr
+    assert "HERALD_URL must be Herald's http(s) base URL, not 'herald.example.com'" in done.stderr
+
+    no_key = subprocess.run(
+        [sys.executable, "manage.py", "herald_outbox", "flush"], cwd=SHOP_DIR,
+        env=shop.env(HERALD_API_KEY=""), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert no_key.returncode != 0
+    assert "Herald needs an API key" in no_key.stderr
+
+    mappings = """
+from django.core.exceptions import ImproperlyConfigured
+from herald_client.django import ModelEvents
+from herald_client.django.mapping import model_of
+try:
+    class NoModel(ModelEvents):
+        created = "thing.created"
+except ImproperlyConfigured as error:
+    print(error)
+class Unknown(ModelEvents):
+    model = "shop.Refund"
+try:
+    model_of(Unknown)
+except ImproperlyConfigured as error:
+    print(error)
+"""
+    said = shop.manage("shell", "--command", mappings).splitlines()[-2:]
+    assert said[0] == "NoModel must set `model`"
+    assert said[1].startswith("Unknown.model: no model 'shop.Refund'")
