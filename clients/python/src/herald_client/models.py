@@ -7,10 +7,25 @@ not break an older client; the ``Literal`` aliases document the known ones and
 type what requests send.
 """
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import datetime
-from typing import Any, Generic, Literal, NotRequired, Required, Self, TypedDict, TypeVar
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    NamedTuple,
+    NotRequired,
+    Required,
+    Self,
+    TypedDict,
+    TypeGuard,
+    TypeVar,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from herald_client.errors import FieldError
 
@@ -85,7 +100,7 @@ class PreferenceInput(TypedDict):
     category: NotRequired[str | None]
 
 
-# --- parsing helpers ----------------------------------------------------------------
+# --- decoding answers ---------------------------------------------------------------
 
 
 def parse_datetime(value: str) -> datetime:
@@ -102,6 +117,69 @@ def _field_errors(values: Any) -> tuple[FieldError, ...]:
     )
 
 
+class _Answer:
+    """An answer model: a frozen dataclass decoded from Herald's JSON by the types of its
+    fields, so a field is declared once and parsed by no hand-written code."""
+
+    # Every subclass is a dataclass; this tells mypy so, for ``fields()``.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            **{
+                name: data[name] if convert is None else convert(data[name])
+                for name, convert, required in _decoding_plan(cls)
+                if required or name in data
+            }
+        )
+
+
+class _FieldDecoding(NamedTuple):
+    name: str
+    convert: Callable[[Any], Any] | None
+    """None: the JSON value is the field's value."""
+    required: bool
+    """False when the field has a default, which an absent key leaves in place."""
+
+
+_decoding_plans: dict[type[_Answer], tuple[_FieldDecoding, ...]] = {}
+
+
+def _decoding_plan(cls: type[_Answer]) -> tuple[_FieldDecoding, ...]:
+    """Worked out once per class: resolving type hints costs more than decoding a page."""
+    plan = _decoding_plans.get(cls)
+    if plan is None:
+        hints = get_type_hints(cls)
+        plan = _decoding_plans[cls] = tuple(
+            _FieldDecoding(
+                name=each.name,
+                convert=_converter(hints[each.name]),
+                required=each.default is MISSING and each.default_factory is MISSING,
+            )
+            for each in fields(cls)
+        )
+    return plan
+
+
+def _converter(hint: Any) -> Callable[[Any], Any] | None:
+    if hint is datetime:
+        return parse_datetime
+    if hint == datetime | None:
+        return parse_optional_datetime
+    if hint == tuple[FieldError, ...]:
+        return _field_errors
+    if get_origin(hint) is list and _is_answer(item := get_args(hint)[0]):
+        return lambda values: [item.from_json(value) for value in values]
+    if _is_answer(hint):
+        return hint.from_json
+    return None
+
+
+def _is_answer(hint: Any) -> TypeGuard[type[_Answer]]:
+    return isinstance(hint, type) and issubclass(hint, _Answer)
+
+
 # --- answers ----------------------------------------------------------------------
 
 
@@ -114,7 +192,7 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EventAccepted:
+class EventAccepted(_Answer):
     id: str
     status: str
     created_at: datetime
@@ -123,16 +201,12 @@ class EventAccepted:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, replayed: bool = False) -> Self:
-        return cls(
-            id=data["id"],
-            status=data["status"],
-            created_at=parse_datetime(data["created_at"]),
-            replayed=replayed,
-        )
+        # Not in the body: the Idempotent-Replayed header of the answer says it.
+        return super().from_json({**data, "replayed": replayed})
 
 
 @dataclass(frozen=True, kw_only=True)
-class BatchItemResult:
+class BatchItemResult(_Answer):
     """One item of a batch: ``status`` is ``accepted`` (with ``id``) or ``rejected``
     (with the problem ``type`` and ``errors``)."""
 
@@ -147,46 +221,23 @@ class BatchItemResult:
     def accepted(self) -> bool:
         return self.status == "accepted"
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            index=data["index"],
-            status=data["status"],
-            id=data.get("id"),
-            replayed=data.get("replayed", False),
-            type=data.get("type"),
-            errors=_field_errors(data.get("errors")),
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class BatchResult:
+class BatchResult(_Answer):
     accepted: int
     rejected: int
     results: list[BatchItemResult]
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            accepted=data["accepted"],
-            rejected=data["rejected"],
-            results=[BatchItemResult.from_json(item) for item in data["results"]],
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class MessageSummary:
+class MessageSummary(_Answer):
     id: str
     channel: str
     status: str
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(id=data["id"], channel=data["channel"], status=data["status"])
-
 
 @dataclass(frozen=True, kw_only=True)
-class Event:
+class Event(_Answer):
     """An event and what the pipeline made of it (``outcome``, ``messages``)."""
 
     id: str
@@ -203,27 +254,9 @@ class Event:
     outcome: dict[str, Any]
     messages: list[MessageSummary]
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            id=data["id"],
-            event=data["event"],
-            status=data["status"],
-            topic=data["topic"],
-            recipients=data["recipients"],
-            payload=data["payload"],
-            actor=data["actor"],
-            tenant_data=data["tenant_data"],
-            send_at=parse_optional_datetime(data["send_at"]),
-            created_at=parse_datetime(data["created_at"]),
-            processed_at=parse_optional_datetime(data["processed_at"]),
-            outcome=data["outcome"],
-            messages=[MessageSummary.from_json(item) for item in data["messages"]],
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class Subscriber:
+class Subscriber(_Answer):
     external_id: str
     email: str
     phone: str
@@ -235,73 +268,32 @@ class Subscriber:
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**_subscriber_fields(data))
-
-
-def _subscriber_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "external_id": data["external_id"],
-        "email": data["email"],
-        "phone": data["phone"],
-        "name": data["name"],
-        "locale": data["locale"],
-        "timezone": data["timezone"],
-        "data": data["data"],
-        "channels": data["channels"],
-        "created_at": parse_datetime(data["created_at"]),
-        "updated_at": parse_datetime(data["updated_at"]),
-    }
-
 
 @dataclass(frozen=True, kw_only=True)
 class SubscriberUpserted(Subscriber):
     created: bool
     """True when the subscriber was new, False when an existing profile was replaced."""
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**_subscriber_fields(data), created=data["created"])
-
 
 @dataclass(frozen=True, kw_only=True)
-class BulkItemResult:
+class BulkItemResult(_Answer):
     index: int
     external_id: str | None
     status: str
     """``created``, ``updated`` or ``invalid``."""
     errors: tuple[FieldError, ...] = ()
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            index=data["index"],
-            external_id=data["external_id"],
-            status=data["status"],
-            errors=_field_errors(data.get("errors")),
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class BulkResult:
+class BulkResult(_Answer):
     created: int
     updated: int
     invalid: int
     results: list[BulkItemResult]
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            created=data["created"],
-            updated=data["updated"],
-            invalid=data["invalid"],
-            results=[BulkItemResult.from_json(item) for item in data["results"]],
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class Preference:
+class Preference(_Answer):
     """One choice in effect; ``source`` says whose: ``subscriber`` or ``default`` (the tenant's)."""
 
     channel: str
@@ -311,59 +303,33 @@ class Preference:
     source: str
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            channel=data["channel"],
-            enabled=data["enabled"],
-            event_type=data["event_type"],
-            category=data["category"],
-            source=data["source"],
-        )
-
-    @classmethod
     def list_from_json(cls, data: Mapping[str, Any]) -> list[Self]:
         return [cls.from_json(item) for item in data["preferences"]]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Topic:
+class Topic(_Answer):
     key: str
     name: str
     created_at: datetime
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            key=data["key"], name=data["name"], created_at=parse_datetime(data["created_at"])
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class MembersAdded:
+class MembersAdded(_Answer):
     added: list[str]
     already_members: list[str]
     missing: list[str]
     """External ids with no subscriber: not added, and not created."""
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            added=data["added"], already_members=data["already_members"], missing=data["missing"]
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class MembersRemoved:
+class MembersRemoved(_Answer):
     removed: list[str]
     not_members: list[str]
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(removed=data["removed"], not_members=data["not_members"])
-
 
 @dataclass(frozen=True, kw_only=True)
-class Message:
+class Message(_Answer):
     id: str
     event_id: str
     subscriber_id: str | None
@@ -374,26 +340,9 @@ class Message:
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**_message_fields(data))
-
-
-def _message_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": data["id"],
-        "event_id": data["event_id"],
-        "subscriber_id": data["subscriber_id"],
-        "channel": data["channel"],
-        "status": data["status"],
-        "content": data["content"],
-        "created_at": parse_datetime(data["created_at"]),
-        "updated_at": parse_datetime(data["updated_at"]),
-    }
-
 
 @dataclass(frozen=True, kw_only=True)
-class DeliveryAttempt:
+class DeliveryAttempt(_Answer):
     provider: str
     started_at: datetime
     finished_at: datetime | None
@@ -403,35 +352,15 @@ class DeliveryAttempt:
     error: str
     latency_ms: int | None
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            provider=data["provider"],
-            started_at=parse_datetime(data["started_at"]),
-            finished_at=parse_optional_datetime(data["finished_at"]),
-            outcome=data["outcome"],
-            response_status=data["response_status"],
-            response_excerpt=data["response_excerpt"],
-            error=data["error"],
-            latency_ms=data["latency_ms"],
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
 class MessageDetail(Message):
     attempts: list[DeliveryAttempt] = field(default_factory=list)
     """Every delivery attempt, oldest first."""
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            **_message_fields(data),
-            attempts=[DeliveryAttempt.from_json(item) for item in data["attempts"]],
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
-class InboxItem:
+class InboxItem(_Answer):
     id: str
     title: str
     body: str
@@ -441,19 +370,6 @@ class InboxItem:
     read_at: datetime | None
     archived_at: datetime | None
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            id=data["id"],
-            title=data["title"],
-            body=data["body"],
-            action_url=data["action_url"],
-            created_at=parse_datetime(data["created_at"]),
-            seen_at=parse_optional_datetime(data["seen_at"]),
-            read_at=parse_optional_datetime(data["read_at"]),
-            archived_at=parse_optional_datetime(data["archived_at"]),
-        )
-
 
 @dataclass(frozen=True, kw_only=True)
 class InboxPage(Page[InboxItem]):
@@ -462,7 +378,7 @@ class InboxPage(Page[InboxItem]):
 
 
 @dataclass(frozen=True, kw_only=True)
-class InboxSecret:
+class InboxSecret(_Answer):
     """The tenant's inbox secret, for computing subscriber hashes on the tenant's server."""
 
     secret: str
@@ -472,16 +388,13 @@ class InboxSecret:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            secret=data["secret"],
-            algorithm=data.get("algorithm", "HMAC-SHA256"),
-            created_at=parse_datetime(data["created_at"]),
-            rotated_at=parse_datetime(data["rotated_at"]),
-        )
+        # Herald's schema makes ``algorithm`` optional (HMAC-SHA256 when left out); the
+        # field stays required, so a secret built by hand says what it is for.
+        return super().from_json({"algorithm": "HMAC-SHA256", **data})
 
 
 @dataclass(frozen=True, kw_only=True)
-class Me:
+class Me(_Answer):
     """The tenant and the key a request authenticated as."""
 
     tenant_slug: str
@@ -492,6 +405,8 @@ class Me:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
+        # Herald nests the tenant and the key in objects of their own, which this model
+        # flattens: no field maps to one key of the JSON.
         return cls(
             tenant_slug=data["tenant"]["slug"],
             tenant_name=data["tenant"]["name"],
