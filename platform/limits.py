@@ -21,10 +21,13 @@ client that keeps sending keys that match nothing is refused before its keys
 are looked up, which bounds both guessing and the database lookups it costs.
 """
 
+import functools
+import ipaddress
 import logging
 import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -569,6 +572,45 @@ def _failure_limit() -> int:
     if not settings.HERALD_RATE_LIMIT_ENABLED:
         return 0
     return max(0, int(settings.HERALD_API_KEY_FAILURES_PER_MINUTE))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.cache
+def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
+
+
+def client_address(meta: Mapping[str, object]) -> str:
+    """The address a request came from, as the failed-key limit counts it.
+
+    The TCP peer (REMOTE_ADDR), unless it is one of HERALD_TRUSTED_PROXIES: then
+    the right-most X-Forwarded-For hop that no trusted proxy added. Hops left of
+    that one were written by the client and may be forged, so they are not read;
+    an X-Forwarded-For from an untrusted peer is not read at all. A few lines of
+    ``ipaddress`` rather than django-ipware, whose best-effort ranking (public
+    before private addresses, left-most first) is the wrong default for a limit.
+    """
+    peer = str(meta.get("REMOTE_ADDR") or "unknown")
+    networks = _networks(tuple(settings.HERALD_TRUSTED_PROXIES))
+    if not networks or not _is_trusted(peer, networks):
+        return peer
+    forwarded = str(meta.get("HTTP_X_FORWARDED_FOR") or "")
+    client = peer
+    for hop in reversed([hop.strip() for hop in forwarded.split(",") if hop.strip()]):
+        client = hop
+        if not _is_trusted(hop, networks):
+            break
+    return client
 
 
 def api_key_failures_blocked(*, client: str) -> KeyFailuresBlocked | None:

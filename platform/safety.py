@@ -6,6 +6,7 @@ the whole environment in one pass instead of one restart per variable.
 
 import base64
 import binascii
+import ipaddress
 from collections.abc import Sequence
 
 ENVIRONMENTS = ("development", "test", "production")
@@ -32,6 +33,27 @@ def is_fernet_key(value: str) -> bool:
         return len(base64.urlsafe_b64decode(value.encode())) == 32
     except (binascii.Error, ValueError):
         return False
+
+
+def refuse_bad_trusted_proxies(entries: Sequence[str], *, herald_env: str) -> None:
+    """HERALD_TRUSTED_PROXIES: each an address or a CIDR range; in production,
+    not every address (anyone could then choose the address they are counted as)."""
+    problems: list[str] = []
+    for entry in entries:
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            problems.append(
+                f"HERALD_TRUSTED_PROXIES entry {entry!r} is not an IP address or a CIDR range"
+            )
+            continue
+        if herald_env == "production" and network.prefixlen == 0:
+            problems.append(
+                f"HERALD_TRUSTED_PROXIES contains {entry!r}, every address: any client could "
+                "pick the address it is counted as; list your proxies' addresses"
+            )
+    if problems:
+        raise UnsafeSettings(problems)
 
 
 def refuse_unsafe_settings(

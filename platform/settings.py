@@ -341,6 +341,13 @@ HERALD_RATE_LIMIT_DEFAULT_PER_SECOND: int = env.int(
 # Failed API key lookups (missing, malformed, unknown) one client address may
 # make per minute before its keys are no longer looked up; 0 turns it off.
 HERALD_API_KEY_FAILURES_PER_MINUTE: int = env.int("HERALD_API_KEY_FAILURES_PER_MINUTE", default=30)
+# Reverse proxies whose X-Forwarded-For is believed: addresses or CIDR ranges,
+# comma-separated. Behind them a client is the right-most address they did not
+# add (herald.limits.client_address); empty: the TCP peer is the client, and
+# every client behind a proxy shares its failed-key budget. docker/compose.yaml
+# trusts the private ranges, where Caddy is the peer.
+HERALD_TRUSTED_PROXIES: list[str] = env.list("HERALD_TRUSTED_PROXIES", default=[])
+safety.refuse_bad_trusted_proxies(HERALD_TRUSTED_PROXIES, herald_env=HERALD_ENV)
 # The limiter and the event quota fail open: a Redis slower than this is skipped.
 HERALD_LIMITS_REDIS_TIMEOUT_SECONDS: float = env.float(
     "HERALD_LIMITS_REDIS_TIMEOUT_SECONDS", default=0.25

@@ -38,6 +38,7 @@ from herald.limits import (
     RateLimitDecision,
     api_key_failure_record,
     api_key_failures_blocked,
+    client_address,
     key_failures_response,
     rate_limit_and_reserve,
     rate_limit_check,
@@ -167,7 +168,7 @@ class TenantResolutionMiddleware(TenantMainMiddleware):
         if _is_subscriber_path(request.path_info):
             return self._resolve_inbox_request(request)
         authorization = request.headers.get("Authorization")
-        client = request.META.get("REMOTE_ADDR") or "unknown"
+        client = client_address(request.META)
         if not _key_is_warm(authorization):
             blocked = api_key_failures_blocked(client=client)
             if blocked is not None:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from herald.safety import DEV_ENCRYPTION_KEY, DEV_SECRET_KEY, UnsafeSettings, refuse_unsafe_settings
+from herald.safety import (
+    DEV_ENCRYPTION_KEY,
+    DEV_SECRET_KEY,
+    UnsafeSettings,
+    refuse_bad_trusted_proxies,
+    refuse_unsafe_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_PRODUCTION = {
@@ -96,3 +102,22 @@ def test_loopback_urls_are_allowed_outside_production() -> None:
             api_key_cache_seconds=3,
             allow_loopback_urls=True,
         )
+
+
+def test_trusted_proxies_must_be_addresses_or_ranges() -> None:
+    refuse_bad_trusted_proxies(
+        ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"], herald_env="production"
+    )
+    with pytest.raises(UnsafeSettings) as refused:
+        refuse_bad_trusted_proxies(["10.0.0.0/8", "caddy", "10.0.0.0/33"], herald_env="test")
+    assert [str(problem) for problem in refused.value.problems] == [
+        "HERALD_TRUSTED_PROXIES entry 'caddy' is not an IP address or a CIDR range",
+        "HERALD_TRUSTED_PROXIES entry '10.0.0.0/33' is not an IP address or a CIDR range",
+    ]
+
+
+@pytest.mark.parametrize("everyone", ["0.0.0.0/0", "::/0"])
+def test_production_does_not_trust_every_address_as_a_proxy(everyone: str) -> None:
+    refuse_bad_trusted_proxies([everyone], herald_env="development")
+    with pytest.raises(UnsafeSettings, match="every address"):
+        refuse_bad_trusted_proxies([everyone], herald_env="production")

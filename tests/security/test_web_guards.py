@@ -13,7 +13,7 @@ from django.middleware.csrf import get_token
 from django.test import Client
 from django_tenants.utils import tenant_context
 
-from herald.limits import api_key_failures_key, limits_redis
+from herald.limits import api_key_failures_key, client_address, limits_redis
 from herald.problems import PROBLEM_CONTENT_TYPE
 from rules_engine.models import Event, EventType
 from tenants.models import Tenant
@@ -194,6 +194,73 @@ def test_zero_turns_the_failure_limit_off(failure_counters: None, settings: Any)
         )
         assert response.status_code == 401
     assert not limits_redis().exists(api_key_failures_key(CLIENT_IP))
+
+
+PROXY_IP = "10.1.2.3"
+
+
+@pytest.mark.rate_limited
+def test_behind_a_trusted_proxy_each_client_has_a_budget_of_its_own(
+    failure_counters: None, settings: Any
+) -> None:
+    """Every request comes from the proxy; its X-Forwarded-For names the client.
+    What the client wrote there itself (a new address each time) does not count."""
+    settings.HERALD_API_KEY_FAILURES_PER_MINUTE = 2
+    settings.HERALD_TRUSTED_PROXIES = ["10.0.0.0/8"]
+    proxy = Client(REMOTE_ADDR=PROXY_IP)
+
+    def wrong_key_via_proxy(forwarded: str) -> int:
+        headers = {"Authorization": "Bearer x", "X-Forwarded-For": forwarded}
+        return proxy.get("/api/v1/event-types", headers=headers).status_code
+
+    forged = [wrong_key_via_proxy(f"198.51.100.{n}, {CLIENT_IP}") for n in range(4)]
+    assert forged == [401, 401, 429, 429]
+    assert wrong_key_via_proxy(OTHER_IP) == 401  # another client of the same proxy
+
+
+@pytest.mark.rate_limited
+def test_x_forwarded_for_from_an_untrusted_peer_is_not_believed(
+    failure_counters: None, settings: Any
+) -> None:
+    settings.HERALD_API_KEY_FAILURES_PER_MINUTE = 2
+    settings.HERALD_TRUSTED_PROXIES = ["10.0.0.0/8"]
+    client = Client(REMOTE_ADDR=CLIENT_IP)
+    statuses = [
+        client.get(
+            "/api/v1/event-types",
+            headers={"Authorization": "Bearer x", "X-Forwarded-For": f"198.51.100.{n}"},
+        ).status_code
+        for n in range(3)
+    ]
+    assert statuses == [401, 401, 429]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        (CLIENT_IP, "", CLIENT_IP),  # no proxy
+        (CLIENT_IP, "198.51.100.1", CLIENT_IP),  # an untrusted peer's header is ignored
+        (PROXY_IP, "", PROXY_IP),  # the proxy's own request
+        (PROXY_IP, CLIENT_IP, CLIENT_IP),
+        (PROXY_IP, f"198.51.100.1, {CLIENT_IP}", CLIENT_IP),  # the left part is forgeable
+        (PROXY_IP, f"{CLIENT_IP}, 10.9.9.9", CLIENT_IP),  # two proxies in a row
+        (PROXY_IP, "10.9.9.9, 10.8.8.8", "10.9.9.9"),  # a client inside the trusted range
+        (PROXY_IP, "not-an-address", "not-an-address"),  # what the proxy said, as it said it
+        ("2001:db8::1", "2001:db8:1::5", "2001:db8:1::5"),
+    ],
+)
+def test_the_client_address_is_the_right_most_hop_no_trusted_proxy_added(
+    settings: Any, peer: str, forwarded: str, client: str
+) -> None:
+    settings.HERALD_TRUSTED_PROXIES = ["10.0.0.0/8", "2001:db8::1"]
+    meta = {"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": forwarded}
+    assert client_address(meta) == client
+
+
+def test_without_trusted_proxies_the_peer_is_the_client(settings: Any) -> None:
+    settings.HERALD_TRUSTED_PROXIES = []
+    meta = {"REMOTE_ADDR": PROXY_IP, "HTTP_X_FORWARDED_FOR": CLIENT_IP}
+    assert client_address(meta) == PROXY_IP
 
 
 # --- hostile JSON to POST /events ---------------------------------------------------------
