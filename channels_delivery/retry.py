@@ -1,8 +1,8 @@
 """The retry policy: what a provider's result means for a message (STYLE.md 7).
 
-Pure functions, the one place this is decided. A retryable failure waits
-along ``SCHEDULE_SECONDS`` (jittered, never earlier than a Retry-After asked,
-which is capped); after ``FAILOVER_AFTER_RETRYABLE`` of them in a row on one
+The one place this is decided. A retryable failure waits along the schedule,
+``HERALD_DELIVERY_RETRY_SCHEDULE`` (jittered, never earlier than a Retry-After
+asked, which is capped); after ``FAILOVER_AFTER_RETRYABLE`` of them in a row on one
 integration, or at once for a permanent or a configuration failure, the next
 integration of the channel takes over; with none left, or the schedule spent,
 the message fails. ``channels_delivery.services.delivery`` applies the decision.
@@ -13,12 +13,23 @@ import random as random_module
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from channels_delivery.providers.base import ResultKind
 
-# The wait before each retry: roughly immediately, 5 s, 5 min, 30 min, 2 h, 5 h,
-# 10 h, 10 h. One more retryable failure after the last and the message fails.
-SCHEDULE_SECONDS: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
-MAX_ATTEMPTS = len(SCHEDULE_SECONDS) + 1
+
+def schedule_seconds() -> tuple[float, ...]:
+    """The wait before each retry (HERALD_DELIVERY_RETRY_SCHEDULE; by default
+    roughly immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h). One more
+    retryable failure after the last and the message fails."""
+    return tuple(settings.HERALD_DELIVERY_RETRY_SCHEDULE)
+
+
+def max_attempts() -> int:
+    """A message's attempts at most: the first, and one per wait of the schedule."""
+    return len(settings.HERALD_DELIVERY_RETRY_SCHEDULE) + 1
+
+
 # Each wait is spread by this fraction either way, so failures that happened
 # together (a provider outage) do not all come back in the same second.
 JITTER = 0.2
@@ -53,9 +64,10 @@ def retry_delay(
     when the schedule is spent. ``random`` returns a float in [0, 1)."""
     if retry_number < 1:
         raise ValueError(f"retry_number starts at 1, not {retry_number}")
-    if retry_number > len(SCHEDULE_SECONDS):
+    schedule = schedule_seconds()
+    if retry_number > len(schedule):
         return None
-    base = SCHEDULE_SECONDS[retry_number - 1]
+    base = schedule[retry_number - 1]
     delay = base * (1 - JITTER + 2 * JITTER * random())
     if retry_after_seconds is not None and retry_after_seconds > 0:
         delay = max(delay, min(retry_after_seconds, RETRY_AFTER_MAX_SECONDS))
@@ -87,7 +99,7 @@ def decide(
     if kind in (ResultKind.PERMANENT, ResultKind.CONFIG_ERROR):
         # Bounded too: integrations reordered while a message moves between them
         # must not pass it around forever.
-        if has_next_integration and attempt_count < MAX_ATTEMPTS:
+        if has_next_integration and attempt_count < max_attempts():
             return Decision(action=Action.FAILOVER, reason=error)
         return Decision(action=Action.FAIL, reason=error)
     if kind is not ResultKind.RETRYABLE:

@@ -35,6 +35,29 @@ def is_fernet_key(value: str) -> bool:
         return False
 
 
+MAX_RETRY_WAITS = 25
+MAX_RETRY_WAIT_SECONDS = 7 * 86400
+
+
+def retry_schedule(values: Sequence[str]) -> tuple[float, ...]:
+    """HERALD_DELIVERY_RETRY_SCHEDULE as seconds: 1 to 25 waits, each 0 to 7 days."""
+    try:
+        waits = tuple(float(value) for value in values)
+    except ValueError:
+        waits = ()
+    if not 1 <= len(waits) <= MAX_RETRY_WAITS or not all(
+        0 <= wait <= MAX_RETRY_WAIT_SECONDS for wait in waits
+    ):
+        raise UnsafeSettings(
+            [
+                f"HERALD_DELIVERY_RETRY_SCHEDULE must be 1 to {MAX_RETRY_WAITS} comma-separated "
+                f"waits in seconds, each from 0 to {MAX_RETRY_WAIT_SECONDS} (7 days), not "
+                f"{','.join(values)!r}"
+            ]
+        )
+    return waits
+
+
 def refuse_bad_trusted_proxies(entries: Sequence[str], *, herald_env: str) -> None:
     """HERALD_TRUSTED_PROXIES: each an address or a CIDR range; in production,
     not every address (anyone could then choose the address they are counted as)."""

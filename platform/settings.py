@@ -257,6 +257,15 @@ HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS: int = env.int(
 HERALD_DELIVERY_GRACE_SECONDS: int = env.int("HERALD_DELIVERY_GRACE_SECONDS", default=60)
 # A message "sending" this long lost its worker; the sweeper queues it again.
 # Keep it above CELERY_TASK_TIME_LIMIT.
+# The waits before each retry of a retryable delivery failure, seconds,
+# comma-separated (each jittered by 20 %); one more failure after the last and
+# the message fails. Also bounds a message's attempts (one more than waits).
+HERALD_DELIVERY_RETRY_SCHEDULE: tuple[float, ...] = safety.retry_schedule(
+    env.list(
+        "HERALD_DELIVERY_RETRY_SCHEDULE",
+        default=["0", "5", "300", "1800", "7200", "18000", "36000", "36000"],
+    )
+)
 HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS: int = env.int(
     "HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS", default=600
 )

@@ -48,7 +48,7 @@ from channels_delivery.providers.base import (
     ResultKind,
     provider_get,
 )
-from channels_delivery.retry import MAX_ATTEMPTS, Action, decide
+from channels_delivery.retry import Action, decide, max_attempts
 from channels_delivery.services.webhooks import endpoint_address, endpoint_delivery_record
 from tenants.db import tenant_connection
 
@@ -361,14 +361,14 @@ def callbacks_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
             .values_list("id", flat=True)[:limit]
         )
         stranded = StatusCallback.objects.filter(pk__in=stuck, status=CallbackStatus.SENDING)
-        stranded.filter(attempt_count__gte=MAX_ATTEMPTS).update(
+        stranded.filter(attempt_count__gte=max_attempts()).update(
             status=CallbackStatus.FAILED,
             failed_at=now,
             error=CALLBACK_GAVE_UP,
             updated_at=now,
         )
         requeued = list(
-            stranded.filter(attempt_count__lt=MAX_ATTEMPTS).values_list("id", flat=True)
+            stranded.filter(attempt_count__lt=max_attempts()).values_list("id", flat=True)
         )
         stranded.filter(pk__in=requeued).update(status=CallbackStatus.QUEUED, updated_at=now)
         callbacks_enqueue(callback_ids=[*due, *requeued])

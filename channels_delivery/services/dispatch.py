@@ -29,7 +29,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from channels_delivery.models import Message, MessageStatus
-from channels_delivery.retry import MAX_ATTEMPTS
+from channels_delivery.retry import max_attempts
 from channels_delivery.services.callbacks import message_callbacks_emit_many
 from tenants.db import tenant_connection
 
@@ -166,7 +166,7 @@ def messages_sweep(*, now: datetime | None = None, limit: int = CLAIM_LIMIT) -> 
         # time runs out of them.
         stranded = Message.objects.filter(pk__in=stuck, status=MessageStatus.SENDING)
         out_of_attempts = list(
-            stranded.filter(attempt_count__gte=MAX_ATTEMPTS).values_list("id", flat=True)
+            stranded.filter(attempt_count__gte=max_attempts()).values_list("id", flat=True)
         )
         given_up = stranded.filter(pk__in=out_of_attempts).update(
             status=MessageStatus.FAILED,
@@ -176,7 +176,7 @@ def messages_sweep(*, now: datetime | None = None, limit: int = CLAIM_LIMIT) -> 
             updated_at=now,
         )
         requeued = list(
-            stranded.filter(attempt_count__lt=MAX_ATTEMPTS).values_list("id", flat=True)
+            stranded.filter(attempt_count__lt=max_attempts()).values_list("id", flat=True)
         )
         stranded.filter(pk__in=requeued).update(
             status=MessageStatus.QUEUED,

@@ -23,7 +23,7 @@ from channels_delivery.models import (
     WebhookEndpoint,
 )
 from channels_delivery.providers.base import ProviderResult, ResultKind
-from channels_delivery.retry import MAX_ATTEMPTS
+from channels_delivery.retry import max_attempts
 from channels_delivery.services.callbacks import (
     callback_deliver,
     callbacks_emit,
@@ -179,7 +179,7 @@ def test_a_message_the_sweeper_gives_up_on_calls_back_message_failed(
 ) -> None:
     with tenant_context(tenant_a):
         an_endpoint(sink, "status", "message.failed")
-        stuck = a_message(status=MessageStatus.SENDING, attempt_count=MAX_ATTEMPTS)
+        stuck = a_message(status=MessageStatus.SENDING, attempt_count=max_attempts())
         Message.objects.filter(pk=stuck.pk).update(updated_at=timezone.now() - timedelta(days=1))
         messages_sweep()
         callback = StatusCallback.objects.get()
@@ -278,7 +278,7 @@ def test_the_sweeper_publishes_lost_callbacks_and_fails_ones_that_kill_workers(
                 type="message.sent",
                 payload={},
                 status="sending",
-                attempt_count=MAX_ATTEMPTS,
+                attempt_count=max_attempts(),
             ),
         )
         StatusCallback.objects.update(updated_at=long_ago)
@@ -427,7 +427,7 @@ def test_replaying_everything_failed_since_a_time_for_one_endpoint(
             payload={},
             status="failed",
             failed_at=now - timedelta(minutes=5),
-            attempt_count=MAX_ATTEMPTS,
+            attempt_count=max_attempts(),
         )
         with django_capture_on_commit_callbacks(execute=True):
             count = webhook_messages_replay_failed(

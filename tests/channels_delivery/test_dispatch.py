@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_tenants.utils import tenant_context
 
 from channels_delivery.models import Message, MessageStatus
-from channels_delivery.retry import MAX_ATTEMPTS
+from channels_delivery.retry import max_attempts
 from channels_delivery.services.delivery import message_deliver
 from channels_delivery.services.dispatch import (
     SENDING_GAVE_UP,
@@ -192,7 +192,7 @@ def test_the_sweeper_queues_a_message_stuck_sending(
     now = timezone.now()
     with tenant_context(tenant_a):
         stuck = a_message(status=MessageStatus.SENDING, attempt_count=1)
-        poison = a_message(status=MessageStatus.SENDING, attempt_count=MAX_ATTEMPTS)
+        poison = a_message(status=MessageStatus.SENDING, attempt_count=max_attempts())
         with django_capture_on_commit_callbacks(execute=True):
             assert messages_sweep(now=now) == 0
         later = now + timedelta(seconds=settings.HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS + 1)

@@ -25,7 +25,7 @@ from channels_delivery.models import (
     StatusCallback,
     WebhookEndpoint,
 )
-from channels_delivery.retry import MAX_ATTEMPTS
+from channels_delivery.retry import max_attempts
 from channels_delivery.services.delivery import message_deliver
 from channels_delivery.services.webhooks import (
     endpoint_create,
@@ -225,7 +225,7 @@ def test_an_endpoint_replays_what_failed_there_since_a_time(
             payload={"id": "cb", "type": "message.failed", "timestamp": "", "data": {}},
             status=CallbackStatus.FAILED,
             failed_at=now - timedelta(minutes=5),
-            attempt_count=MAX_ATTEMPTS,
+            attempt_count=max_attempts(),
         )
 
     # Any UTC offset: 2 hours east of UTC, one day back.

@@ -1,19 +1,22 @@
 """The retry policy on its own: pure functions, with the jitter's randomness controlled."""
 
+from typing import Any
+
 import pytest
 
 from channels_delivery.providers.base import ResultKind
 from channels_delivery.retry import (
     FAILOVER_AFTER_RETRYABLE,
     JITTER,
-    MAX_ATTEMPTS,
     RETRY_AFTER_MAX_SECONDS,
-    SCHEDULE_SECONDS,
     Action,
     Decision,
     decide,
+    max_attempts,
     retry_delay,
+    schedule_seconds,
 )
+from herald.safety import UnsafeSettings, retry_schedule
 
 
 def low() -> float:
@@ -39,13 +42,13 @@ def test_the_schedule_is_the_documented_one() -> None:
         5 * hour,
         10 * hour,
         10 * hour,
-    ) == SCHEDULE_SECONDS
-    assert MAX_ATTEMPTS == 9
+    ) == schedule_seconds()
+    assert max_attempts() == 9
 
 
-@pytest.mark.parametrize("number", range(1, len(SCHEDULE_SECONDS) + 1))
+@pytest.mark.parametrize("number", range(1, len(schedule_seconds()) + 1))
 def test_each_retry_waits_its_step_with_bounded_jitter(number: int) -> None:
-    base = SCHEDULE_SECONDS[number - 1]
+    base = schedule_seconds()[number - 1]
     assert retry_delay(retry_number=number, random=middle) == pytest.approx(base)
     assert retry_delay(retry_number=number, random=low) == pytest.approx(base * (1 - JITTER))
     assert retry_delay(retry_number=number, random=high) == pytest.approx(base * (1 + JITTER))
@@ -58,7 +61,7 @@ def test_jitter_spreads_the_same_step() -> None:
 
 
 def test_the_schedule_runs_out() -> None:
-    assert retry_delay(retry_number=len(SCHEDULE_SECONDS) + 1) is None
+    assert retry_delay(retry_number=len(schedule_seconds()) + 1) is None
 
 
 def test_retry_number_starts_at_one() -> None:
@@ -166,7 +169,7 @@ def test_retryable_fails_over_after_n_in_a_row_on_one_integration() -> None:
 def test_retryable_fails_when_the_schedule_is_spent() -> None:
     decision = decide(
         kind=ResultKind.RETRYABLE,
-        attempt_count=MAX_ATTEMPTS,
+        attempt_count=max_attempts(),
         retryable_in_a_row=1,
         has_next_integration=True,
         error="HTTP 503",
@@ -187,9 +190,27 @@ def test_attempt_count_includes_this_attempt() -> None:
 def test_failover_is_bounded_by_the_attempts_too() -> None:
     decision = decide(
         kind=ResultKind.PERMANENT,
-        attempt_count=MAX_ATTEMPTS,
+        attempt_count=max_attempts(),
         retryable_in_a_row=0,
         has_next_integration=True,
         error="HTTP 400",
     )
     assert decision == Decision(action=Action.FAIL, reason="HTTP 400")
+
+
+def test_the_schedule_is_a_setting(settings: Any) -> None:
+    settings.HERALD_DELIVERY_RETRY_SCHEDULE = (1.0, 60.0)
+    assert max_attempts() == 3
+    assert retry_delay(retry_number=2, random=middle) == 60.0
+    assert retry_delay(retry_number=3) is None
+    gave_up = decide(
+        kind=ResultKind.RETRYABLE, attempt_count=3, retryable_in_a_row=3,
+        has_next_integration=False, error="503",
+    )  # fmt: skip
+    assert gave_up.action is Action.FAIL
+
+
+@pytest.mark.parametrize("value", [[], ["5", "soon"], ["-1"], [str(8 * 86400)], ["1"] * 26])
+def test_a_bad_schedule_is_refused_naming_the_setting(value: list[str]) -> None:
+    with pytest.raises(UnsafeSettings, match="HERALD_DELIVERY_RETRY_SCHEDULE must be 1 to 25"):
+        retry_schedule(value)

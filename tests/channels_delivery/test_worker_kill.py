@@ -26,7 +26,7 @@ What the delivery code guarantees, and these tests hold it to:
   HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS again (driven here with a ``now``
   past that) and publishes it; the next claim sends it with the same webhook-id
   (the message's id), so a receiver that honours it processes it once.
-- Every claim counts an attempt, so once retry.MAX_ATTEMPTS claims died the
+- Every claim counts an attempt, so once retry.max_attempts() claims died the
   sweeper fails the message (SENDING_GAVE_UP) instead of queueing it again.
 """
 
@@ -52,7 +52,7 @@ from standardwebhooks.webhooks import Webhook
 
 from channels_delivery.catalogue import Channel
 from channels_delivery.models import DeliveryAttempt, Message, MessageStatus, WebhookEndpoint
-from channels_delivery.retry import MAX_ATTEMPTS
+from channels_delivery.retry import max_attempts
 from channels_delivery.services.dispatch import (
     SENDING_GAVE_UP,
     SLOW_LANE_QUEUE,
@@ -369,15 +369,15 @@ def test_a_message_that_kills_its_worker_every_time_is_given_up_after_max_attemp
     """A pool process for each attempt: Celery replaces a dead one (and hands its
     task back to the broker) only on its 5-second pool maintenance tick, which
     would make one process wait that long after every kill."""
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(max_attempts()):
         sink.reply(delay=HOLD_SECONDS)  # every send is held until its sender dies
     output: list[str] = []
     with celery_worker(
-        queues=QUEUES, env=WORKER_ENV, output=output, concurrency=MAX_ATTEMPTS
+        queues=QUEUES, env=WORKER_ENV, output=output, concurrency=max_attempts()
     ) as worker:
         with delivery_tasks() as task_ids:
             published = publish()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in range(1, max_attempts() + 1):
             if attempt > 1:
                 with delivery_tasks(of=published.message_id) as swept:
                     assert sweep_past_the_sending_timeout(tenant_a) >= 1
@@ -392,7 +392,7 @@ def test_a_message_that_kills_its_worker_every_time_is_given_up_after_max_attemp
         assert (message.status, message.error, message.attempt_count) == (
             MessageStatus.FAILED,
             SENDING_GAVE_UP,
-            MAX_ATTEMPTS,
+            max_attempts(),
         )
         assert message.failed_at is not None
         # Every task killed was handed back by the broker and ran again; none of
@@ -400,7 +400,7 @@ def test_a_message_that_kills_its_worker_every_time_is_given_up_after_max_attemp
         # A task that was in a killed child more than once (a busy machine lets a
         # child take the next task before it dies) may end at the redelivery cap
         # instead: that is the cap doing its job, and it sends nothing either.
-        assert len(task_ids) == MAX_ATTEMPTS
+        assert len(task_ids) == max_attempts()
         for task_id in task_ids:
             wait_for(
                 "every task to run again",
@@ -409,6 +409,6 @@ def test_a_message_that_kills_its_worker_every_time_is_given_up_after_max_attemp
                 timeout=3 * WAIT_SECONDS,  # pool processes come back on 5 s ticks
             )
     requests = requests_to(sink, published.path)
-    assert len(requests) == MAX_ATTEMPTS
+    assert len(requests) == max_attempts()
     assert {request.headers["webhook-id"] for request in requests} == {str(message.id)}
     assert attempts_of(tenant_a, published.message_id) == []
