@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from glob import glob
 from pathlib import Path
@@ -915,6 +915,197 @@ class Supervised:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
         say(f"{self.name} stopped")
+
+
+# --- Tenants set up for a run ---------------------------------------------------------------
+
+# Run by `manage.py shell -c` after a first line that sets ``options``, a dict
+# literal (see ``tenants_setup``): Herald's own services make the tenants, as an operator's
+# commands would, while the benchmark itself never imports Django.
+TENANTS_SETUP_PROGRAM = """
+import json
+from django.core.management import call_command
+from django.db import connection
+from django_tenants.utils import schema_context
+from channels_delivery.models import DeliveryAttempt, Message, WebhookEndpoint
+from channels_delivery.services.webhooks import endpoint_create, endpoint_secret
+from rules_engine.event_types import event_types_forget
+from rules_engine.models import Event, Rule, Subscriber, Template
+from rules_engine.services.event_types import event_type_save
+from rules_engine.services.rules import rule_create
+from rules_engine.services.templates import template_create
+from tenants.models import ApiKey, ApiScope, Plan, Tenant
+from tenants.services import api_key_create, api_key_revoke, public_tenant_ensure, tenant_create
+
+if options["migrate"]:
+    call_command("migrate_schemas", "--noinput", verbosity=0)
+public_tenant_ensure(domains=options["domains"])
+plan = None
+if options["plan"] is not None:
+    plan, _ = Plan.objects.update_or_create(
+        name=options["plan"],
+        defaults={
+            "events_per_month": 2_000_000_000,
+            "api_requests_per_second": 1_000_000,
+            "max_subscribers": 2_000_000_000,
+            "retention_days": 1,
+        },
+    )
+ready = []
+for wanted in options["tenants"]:
+    tenant = Tenant.objects.filter(slug=wanted["slug"]).first()
+    if tenant is None:
+        tenant = tenant_create(
+            slug=wanted["slug"], name=wanted["name"], admin_email=wanted["admin_email"], plan=plan
+        ).tenant
+    if plan is not None:
+        tenant.plan = plan
+    tenant.is_active = True
+    tenant.strict_event_types = False
+    tenant.save(update_fields=["plan", "is_active", "strict_event_types"])
+    for stale in ApiKey.objects.filter(tenant=tenant, name=options["key_name"], revoked_at=None):
+        api_key_revoke(api_key=stale)
+    token = api_key_create(
+        tenant=tenant, name=options["key_name"], scopes=[ApiScope.EVENTS_WRITE]
+    ).token
+    with schema_context(tenant.schema_name):
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {Event._meta.db_table} CASCADE")
+        event_type_save(key=options["event_type"], **options["event_type_fields"])
+        event_types_forget(schema_name=tenant.schema_name)
+        if not Template.objects.filter(key=options["template"]).exists():
+            template_create(
+                key=options["template"],
+                channel="webhook",
+                variants={"en": {"body": options["body"]}},
+                fallback_locale="en",
+                created_by=options["created_by"],
+            )
+        if not Rule.objects.filter(name=options["rule"]).exists():
+            rule_create(
+                name=options["rule"],
+                event_type_key=options["event_type"],
+                actions=[{"channel": "webhook", "template": options["template"]}],
+                recipients={"kind": "event"},
+                created_by=options["created_by"],
+            )
+        subscribers = [f"user-{n}" for n in range(options["subscribers"])]
+        known = set(
+            Subscriber.objects.filter(external_id__in=subscribers).values_list(
+                "external_id", flat=True
+            )
+        )
+        Subscriber.objects.bulk_create(
+            [Subscriber(external_id=x, name=f"User {x[5:]}") for x in subscribers if x not in known]
+        )
+        # The sink's port changes every run: fresh endpoints, nothing left from before.
+        WebhookEndpoint.objects.all().delete()
+        secrets = {}
+        for path in wanted["endpoint_paths"]:
+            endpoint = endpoint_create(
+                url=options["sink_url"] + path, event_types=[options["event_type"]]
+            )
+            secrets[path] = endpoint_secret(endpoint=endpoint)
+    ready.append(
+        {"slug": tenant.slug, "schema": tenant.schema_name, "token": token, "secrets": secrets}
+    )
+print(options["mark"] + json.dumps({
+    "tenants": ready,
+    "events": Event._meta.db_table,
+    "messages": Message._meta.db_table,
+    "attempts": DeliveryAttempt._meta.db_table,
+    "endpoints": WebhookEndpoint._meta.db_table,
+}))
+"""
+TENANTS_SETUP_MARK = "TENANTS_SETUP "
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantWanted:
+    """A tenant ``tenants_setup`` makes (once; later runs find it by its slug),
+    with a webhook endpoint at the sink's URL plus each of ``endpoint_paths``."""
+
+    slug: str
+    name: str
+    admin_email: str
+    endpoint_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantReady:
+    slug: str
+    schema: str
+    token: str
+    """A fresh ``events:write`` key."""
+    secrets: dict[str, str]
+    """Each endpoint's signing secret, by its path."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantsReady:
+    """The tenants, and the names of the tables every tenant schema has."""
+
+    tenants: tuple[TenantReady, ...]
+    events: str
+    messages: str
+    attempts: str
+    endpoints: str
+
+
+def tenants_setup(
+    env: dict[str, str],
+    *,
+    tenants: Sequence[TenantWanted],
+    sink_url: str,
+    event_type: str,
+    event_type_fields: dict[str, str],
+    template: str,
+    body: str,
+    rule: str,
+    key_name: str,
+    created_by: str,
+    plan: str | None = None,
+    subscribers: int = 0,
+    domains: Sequence[str] = ("localhost",),
+    migrate: bool = False,
+    timeout: float,
+) -> TenantsReady:
+    """In a child Django process with ``env``: the tenants with their flow, ready to load.
+
+    With ``migrate``, ``migrate_schemas`` runs first. Each tenant is put on
+    ``plan`` (made or updated with limits no run reaches, so that the limiter
+    runs but never refuses; None leaves the default plan), gets a fresh key
+    named ``key_name`` (its earlier ones are revoked), loses its events and
+    their messages, and has the event type (saved with ``event_type_fields``),
+    a webhook template rendering ``body``, a rule sending each event to its
+    recipients on the webhook channel, ``subscribers`` subscribers ``user-0``
+    … and new webhook endpoints in place of its old ones.
+    """
+    options = {
+        "mark": TENANTS_SETUP_MARK,
+        "tenants": [asdict(wanted) for wanted in tenants],
+        "sink_url": sink_url,
+        "event_type": event_type,
+        "event_type_fields": event_type_fields,
+        "template": template,
+        "body": body,
+        "rule": rule,
+        "key_name": key_name,
+        "created_by": created_by,
+        "plan": plan,
+        "subscribers": subscribers,
+        "domains": list(domains),
+        "migrate": migrate,
+    }
+    program = f"options = {options!r}\n{TENANTS_SETUP_PROGRAM}"
+    result = run([sys.executable, str(MANAGE), "shell", "-c", program], env=env, timeout=timeout)
+    for line in result.stdout.splitlines():
+        if line.startswith(TENANTS_SETUP_MARK):
+            data = json.loads(line.removeprefix(TENANTS_SETUP_MARK))
+            return TenantsReady(
+                tenants=tuple(TenantReady(**found) for found in data.pop("tenants")), **data
+            )
+    raise BenchError(f"the setup printed no result:\n{result.stdout}\n{result.stderr}")
 
 
 # --- The summary of every benchmark (bench/all.py) ------------------------------------------

@@ -179,11 +179,15 @@ def tools_ensure() -> list[str]:
         )
         if found:
             continue
+
+        def installed(name: str = binary) -> bool:
+            return shutil.which(name) is not None
+
         problem = apt_ensure(
             package=package,
             display=binary,
             purpose="the benchmarks",
-            installed=lambda name=binary: shutil.which(name) is not None,
+            installed=installed,
             binary=binary,
         )
         if problem:

@@ -75,13 +75,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
-    MANAGE,
     BenchError,
     CpuAccounting,
     CpuBreakdown,
     Figure,
     Gunicorn,
     Supervised,
+    TenantWanted,
     cpu_busy_percent,
     docs_write_section,
     ensure_database,
@@ -99,10 +99,10 @@ from _common import (
     process_command_line,
     profile_categories,
     profile_summary,
-    run,
     say,
     signals_as_interrupt,
     sql,
+    tenants_setup,
     utc_now,
     wait_for_quiet,
     with_database,
@@ -118,6 +118,7 @@ PLAN_NAME = "bench"
 EVENT_TYPE = "order.shipped"
 TEMPLATE_KEY = "bench-webhook"
 RULE_NAME = "bench: order.shipped to the webhook"
+ENDPOINT_PATH = "/hooks/orders"
 # What tenant-schemas-celery logs for a task whose schema is no tenant of ours.
 FOREIGN_TASK_MARK = "Tenant matching query does not exist"
 SUBSCRIBERS = 1000  # user-0 … user-999; event n goes to user-(n % SUBSCRIBERS)
@@ -234,85 +235,6 @@ def sink_dump(url: str) -> list[dict[str, Any]]:
 
 # --- Setting up ----------------------------------------------------------------------------
 
-SETUP_PROGRAM = """
-import json
-from django.db import connection
-from django_tenants.utils import schema_context
-from channels_delivery.models import DeliveryAttempt, Message, WebhookEndpoint
-from channels_delivery.services.webhooks import endpoint_create, endpoint_secret
-from rules_engine.event_types import event_types_forget
-from rules_engine.models import Event, Rule, Subscriber, Template
-from rules_engine.services.event_types import event_type_save
-from rules_engine.services.rules import rule_create
-from rules_engine.services.templates import template_create
-from tenants.models import ApiKey, ApiScope, Plan, Tenant
-from tenants.services import api_key_create, api_key_revoke, public_tenant_ensure, tenant_create
-
-options = json.loads({options!r})
-public_tenant_ensure(domains=["localhost"])
-plan, _ = Plan.objects.update_or_create(
-    name=options["plan"],
-    defaults={{
-        "events_per_month": 2_000_000_000,
-        "api_requests_per_second": 1_000_000,
-        "max_subscribers": 2_000_000_000,
-        "retention_days": 1,
-    }},
-)
-tenant = Tenant.objects.filter(slug=options["slug"]).first()
-if tenant is None:
-    tenant = tenant_create(
-        slug=options["slug"], name="Delivery benchmark", admin_email="bench@example.com", plan=plan
-    ).tenant
-tenant.plan = plan
-tenant.is_active = True
-tenant.strict_event_types = False
-tenant.save(update_fields=["plan", "is_active", "strict_event_types"])
-for stale in ApiKey.objects.filter(tenant=tenant, name="bench", revoked_at=None):
-    api_key_revoke(api_key=stale)
-token = api_key_create(tenant=tenant, name="bench", scopes=[ApiScope.EVENTS_WRITE]).token
-with schema_context(tenant.schema_name):
-    with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {{Event._meta.db_table}} CASCADE")
-    event_type_save(key=options["event_type"], name="Order shipped")
-    event_types_forget(schema_name=tenant.schema_name)
-    if not Template.objects.filter(key=options["template"]).exists():
-        template_create(
-            key=options["template"],
-            channel="webhook",
-            variants={{"en": {{"body": options["body"]}}}},
-            fallback_locale="en",
-            created_by="bench",
-        )
-    if not Rule.objects.filter(name=options["rule"]).exists():
-        rule_create(
-            name=options["rule"],
-            event_type_key=options["event_type"],
-            actions=[{{"channel": "webhook", "template": options["template"]}}],
-            recipients={{"kind": "event"}},
-            created_by="bench",
-        )
-    wanted = [f"user-{{n}}" for n in range(options["subscribers"])]
-    known = set(
-        Subscriber.objects.filter(external_id__in=wanted).values_list("external_id", flat=True)
-    )
-    Subscriber.objects.bulk_create(
-        [Subscriber(external_id=x, name=f"User {{x[5:]}}") for x in wanted if x not in known]
-    )
-    # The sink's port changes every run: one fresh endpoint, nothing left from before.
-    WebhookEndpoint.objects.all().delete()
-    endpoint = endpoint_create(url=options["url"], event_types=[options["event_type"]])
-    print("BENCH_SETUP " + json.dumps({{
-        "token": token,
-        "secret": endpoint_secret(endpoint=endpoint),
-        "schema": tenant.schema_name,
-        "events": Event._meta.db_table,
-        "messages": Message._meta.db_table,
-        "attempts": DeliveryAttempt._meta.db_table,
-        "endpoints": WebhookEndpoint._meta.db_table,
-    }}))
-"""
-
 
 def stack_env(*, database_url: str, redis_url: str) -> dict[str, str]:
     """The environment of every Herald process here (server and workers)."""
@@ -354,30 +276,40 @@ def prepare(env: dict[str, str], *, sink_url: str, migrate: bool) -> Setup:
     and endpoint; the tenant's events and messages from earlier runs are deleted."""
     if migrate:
         say(f"migrating {BENCH_DATABASE} (public schema and tenant schemas)")
-        run(
-            [sys.executable, str(MANAGE), "migrate_schemas", "--noinput", "-v", "0"],
-            env=env,
-            timeout=900,
-        )
     say(f"ensuring tenant {TENANT_SLUG!r}, its key, rule, template, subscribers and endpoint")
-    options = json.dumps(
-        {
-            "plan": PLAN_NAME,
-            "slug": TENANT_SLUG,
-            "event_type": EVENT_TYPE,
-            "template": TEMPLATE_KEY,
-            "rule": RULE_NAME,
-            "body": WEBHOOK_BODY,
-            "subscribers": SUBSCRIBERS,
-            "url": f"{sink_url}/hooks/orders",
-        }
+    ready = tenants_setup(
+        env,
+        tenants=[
+            TenantWanted(
+                slug=TENANT_SLUG,
+                name="Delivery benchmark",
+                admin_email="bench@example.com",
+                endpoint_paths=(ENDPOINT_PATH,),
+            )
+        ],
+        sink_url=sink_url,
+        event_type=EVENT_TYPE,
+        event_type_fields={"name": "Order shipped"},
+        template=TEMPLATE_KEY,
+        body=WEBHOOK_BODY,
+        rule=RULE_NAME,
+        key_name="bench",
+        created_by="bench",
+        plan=PLAN_NAME,
+        subscribers=SUBSCRIBERS,
+        migrate=migrate,
+        timeout=1500,
     )
-    program = SETUP_PROGRAM.format(options=options)
-    result = run([sys.executable, str(MANAGE), "shell", "-c", program], env=env, timeout=600)
-    for line in result.stdout.splitlines():
-        if line.startswith("BENCH_SETUP "):
-            return Setup(**json.loads(line.removeprefix("BENCH_SETUP ")))
-    raise BenchError(f"the setup printed no result:\n{result.stdout}\n{result.stderr}")
+    (tenant,) = ready.tenants
+    return Setup(
+        token=tenant.token,
+        secret=tenant.secrets[ENDPOINT_PATH],
+        schema=tenant.schema,
+        events=ready.events,
+        messages=ready.messages,
+        attempts=ready.attempts,
+        endpoints=ready.endpoints,
+    )
 
 
 def redis_flush(redis_url: str) -> None:
@@ -563,7 +495,7 @@ class Sent:
 
 
 class Poster:
-    """POSTs over one keep-alive connection per thread."""
+    """POSTs over one keep-alive connection per thread, with ``headers`` on each."""
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         parts = url.removeprefix("http://").split(":")
@@ -571,9 +503,13 @@ class Poster:
         self.headers = headers
         self.local = threading.local()
 
-    def post(self, path: str, body: bytes) -> tuple[int, bytes, float, float]:
+    def post(
+        self, path: str, body: bytes, *, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, float, float]:
         """(status, body, sent at, answered at): one retry on a fresh connection
-        if the kept-alive one was closed meanwhile."""
+        if the kept-alive one was closed meanwhile. ``headers`` are this request's
+        on top of the poster's (soak.py sends for many tenants over one connection)."""
+        sent_headers = {**self.headers, **headers} if headers else self.headers
         for attempt in (1, 2):
             conn = getattr(self.local, "conn", None)
             if conn is None:
@@ -582,7 +518,7 @@ class Poster:
                 )
             sent_at = time.time()
             try:
-                conn.request("POST", path, body=body, headers=self.headers)
+                conn.request("POST", path, body=body, headers=sent_headers)
                 response = conn.getresponse()
                 content = response.read()
                 return response.status, content, sent_at, time.time()

@@ -64,11 +64,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
-    MANAGE,
     BenchError,
     CpuAccounting,
     Gunicorn,
     Supervised,
+    TenantWanted,
     ensure_database,
     free_port,
     git_state,
@@ -78,10 +78,10 @@ from _common import (
     markdown_table,
     process_children,
     process_command_line,
-    run,
     say,
     signals_as_interrupt,
     sql,
+    tenants_setup,
     utc_now,
     with_database,
     with_redis_db,
@@ -235,88 +235,6 @@ def sink_dump(url: str) -> list[Received]:
 
 # --- Setting up ----------------------------------------------------------------------------
 
-SETUP_PROGRAM = """
-import json
-from django.db import connection
-from django_tenants.utils import schema_context
-from channels_delivery.models import DeliveryAttempt, Message, WebhookEndpoint
-from channels_delivery.services.webhooks import endpoint_create, endpoint_secret
-from rules_engine.event_types import event_types_forget
-from rules_engine.models import Event, Rule, Subscriber, Template
-from rules_engine.services.event_types import event_type_save
-from rules_engine.services.rules import rule_create
-from rules_engine.services.templates import template_create
-from tenants.models import ApiKey, ApiScope, Plan, Tenant
-from tenants.services import api_key_create, api_key_revoke, public_tenant_ensure, tenant_create
-
-options = json.loads({options!r})
-public_tenant_ensure(domains=["localhost"])
-plan, _ = Plan.objects.update_or_create(
-    name=options["plan"],
-    defaults={{
-        "events_per_month": 2_000_000_000,
-        "api_requests_per_second": 1_000_000,
-        "max_subscribers": 2_000_000_000,
-        "retention_days": 1,
-    }},
-)
-found = []
-for spec in options["tenants"]:
-    tenant = Tenant.objects.filter(slug=spec["slug"]).first()
-    if tenant is None:
-        tenant = tenant_create(
-            slug=spec["slug"], name=f"Soak {{spec['slug']}}", admin_email="soak@example.com",
-            plan=plan,
-        ).tenant
-    tenant.plan = plan
-    tenant.is_active = True
-    tenant.strict_event_types = False
-    tenant.save(update_fields=["plan", "is_active", "strict_event_types"])
-    for stale in ApiKey.objects.filter(tenant=tenant, name="soak", revoked_at=None):
-        api_key_revoke(api_key=stale)
-    token = api_key_create(tenant=tenant, name="soak", scopes=[ApiScope.EVENTS_WRITE]).token
-    with schema_context(tenant.schema_name):
-        with connection.cursor() as cursor:
-            cursor.execute(f"TRUNCATE {{Event._meta.db_table}} CASCADE")
-        event_type_save(key=options["event_type"], name="Order shipped")
-        event_types_forget(schema_name=tenant.schema_name)
-        if not Template.objects.filter(key=options["template"]).exists():
-            template_create(
-                key=options["template"], channel="webhook",
-                variants={{"en": {{"body": options["body"]}}}}, fallback_locale="en",
-                created_by="soak",
-            )
-        if not Rule.objects.filter(name=options["rule"]).exists():
-            rule_create(
-                name=options["rule"], event_type_key=options["event_type"],
-                actions=[{{"channel": "webhook", "template": options["template"]}}],
-                recipients={{"kind": "event"}}, created_by="soak",
-            )
-        wanted = [f"user-{{n}}" for n in range(options["subscribers"])]
-        known = set(
-            Subscriber.objects.filter(external_id__in=wanted).values_list("external_id", flat=True)
-        )
-        Subscriber.objects.bulk_create(
-            [Subscriber(external_id=x, name=f"User {{x[5:]}}") for x in wanted if x not in known]
-        )
-        # The sink's port changes every run: fresh endpoints, no health history.
-        WebhookEndpoint.objects.all().delete()
-        secrets = {{}}
-        for path in spec["paths"]:
-            endpoint = endpoint_create(
-                url=options["sink"] + path, event_types=[options["event_type"]]
-            )
-            secrets[path] = endpoint_secret(endpoint=endpoint)
-    found.append({{"slug": spec["slug"], "schema": tenant.schema_name, "token": token,
-                   "secrets": secrets}})
-print("SOAK_SETUP " + json.dumps({{
-    "tenants": found,
-    "events": Event._meta.db_table,
-    "messages": Message._meta.db_table,
-    "attempts": DeliveryAttempt._meta.db_table,
-}}))
-"""
-
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
@@ -388,64 +306,60 @@ def prepare(env: dict[str, str], arguments: argparse.Namespace, *, sink_url: str
     started = time.monotonic()
     if not arguments.no_migrate:
         say(f"migrating {SOAK_DATABASE} (public schema and tenant schemas)")
-        run(
-            [sys.executable, str(MANAGE), "migrate_schemas", "--noinput", "-v", "0"],
-            env=env,
-            timeout=1800,
-        )
     plan = endpoint_plan(
         arguments.tenants, arguments.endpoints_per_tenant, arguments.failing_share,
         arguments.slow_share,
     )  # fmt: skip
-    specs = [
-        {
-            "slug": f"soak-{t + 1:02d}",
-            "paths": [f"/{KIND_PATHS[kind]}/{t + 1}/{k + 1}" for k, kind in enumerate(kinds)],
-        }
-        for t, kinds in enumerate(plan)
+    slugs = [f"soak-{t + 1:02d}" for t in range(arguments.tenants)]
+    wanted = [
+        TenantWanted(
+            slug=slug,
+            name=f"Soak {slug}",
+            admin_email="soak@example.com",
+            endpoint_paths=tuple(
+                f"/{KIND_PATHS[kind]}/{t + 1}/{k + 1}" for k, kind in enumerate(kinds)
+            ),
+        )
+        for t, (slug, kinds) in enumerate(zip(slugs, plan, strict=True))
     ]
     say(
         f"ensuring {arguments.tenants} tenants (a new one takes seconds: its schema is "
         "migrated), their keys, rules, templates, subscribers and endpoints"
     )
-    options = json.dumps(
-        {
-            "plan": PLAN_NAME,
-            "tenants": specs,
-            "event_type": EVENT_TYPE,
-            "template": TEMPLATE_KEY,
-            "rule": RULE_NAME,
-            "body": WEBHOOK_BODY,
-            "subscribers": SUBSCRIBERS,
-            "sink": sink_url,
-        }
+    ready = tenants_setup(
+        env,
+        tenants=wanted,
+        sink_url=sink_url,
+        event_type=EVENT_TYPE,
+        event_type_fields={"name": "Order shipped"},
+        template=TEMPLATE_KEY,
+        body=WEBHOOK_BODY,
+        rule=RULE_NAME,
+        key_name="soak",
+        created_by="soak",
+        plan=PLAN_NAME,
+        subscribers=SUBSCRIBERS,
+        migrate=not arguments.no_migrate,
+        timeout=5400,
     )
-    program = SETUP_PROGRAM.format(options=options)
-    result = run([sys.executable, str(MANAGE), "shell", "-c", program], env=env, timeout=3600)
-    for line in result.stdout.splitlines():
-        if line.startswith("SOAK_SETUP "):
-            data = json.loads(line.removeprefix("SOAK_SETUP "))
-            break
-    else:
-        raise BenchError(f"the setup printed no result:\n{result.stdout}\n{result.stderr}")
     tenants = tuple(
         Tenant(
             index=index,
-            slug=found["slug"],
-            schema=found["schema"],
-            token=found["token"],
+            slug=found.slug,
+            schema=found.schema,
+            token=found.token,
             endpoints=tuple(
                 Endpoint(path=path, kind=PATH_KINDS[path.split("/")[1]], secret=secret)
-                for path, secret in found["secrets"].items()
+                for path, secret in found.secrets.items()
             ),
         )
-        for index, found in enumerate(data["tenants"])
+        for index, found in enumerate(ready.tenants)
     )
     return Setup(
         tenants=tenants,
-        events=data["events"],
-        messages=data["messages"],
-        attempts=data["attempts"],
+        events=ready.events,
+        messages=ready.messages,
+        attempts=ready.attempts,
         seconds=time.monotonic() - started,
     )
 
@@ -642,31 +556,18 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def posters(self) -> list[Poster]:
-        # One kept-alive connection per sender thread, whichever tenant it sends
-        # for: the posters share their thread-local connections.
-        shared = threading.local()
-        posters = []
-        for tenant in self.stack.setup.tenants:
-            poster = Poster(
-                self.stack.url,
-                {"Authorization": f"Bearer {tenant.token}", "Content-Type": "application/json"},
-            )
-            poster.local = shared
-            posters.append(poster)
-        return posters
-
     def send(self, poster: Poster, tenant: int, first: int, count: int, due: float) -> None:
         late = max(0.0, time.time() - due)
         numbers = range(first, first + count)
+        key = {"Authorization": f"Bearer {self.stack.setup.tenants[tenant].token}"}
         try:
             if count == 1:
                 body = (EVENT_JSON % (first % SUBSCRIBERS, first)).encode()
-                status, content, sent_at, _ = poster.post("/api/v1/events", body)
+                status, content, sent_at, _ = poster.post("/api/v1/events", body, headers=key)
             else:
                 events = ",".join(EVENT_JSON % (n % SUBSCRIBERS, n) for n in numbers)
                 status, content, sent_at, _ = poster.post(
-                    "/api/v1/events/batch", f'{{"events":[{events}]}}'.encode()
+                    "/api/v1/events/batch", f'{{"events":[{events}]}}'.encode(), headers=key
                 )
         except OSError as error:
             with self.lock:
@@ -696,8 +597,10 @@ class Load:
 
     def run(self) -> None:
         chooser = random.Random(self.seed)  # noqa: S311 - a load pattern, not a secret
-        posters = self.posters()
-        tenants = len(posters)
+        # One kept-alive connection per sender thread, whichever tenant it sends
+        # for: each request carries its tenant's key.
+        poster = Poster(self.stack.url, {"Content-Type": "application/json"})
+        tenants = len(self.stack.setup.tenants)
         # The chance that a send is a batch, so that ``batch_share`` of the events
         # come in batches: q·B / (q·B + 1 - q) = share.
         size = self.batch_size
@@ -714,7 +617,7 @@ class Load:
                     self.stop.wait(pause)
                 tenant = chooser.randrange(tenants)
                 count = min(size if chooser.random() < q else 1, total - number)
-                pool.submit(self.send, posters[tenant], tenant, number, count, due)
+                pool.submit(self.send, poster, tenant, number, count, due)
                 number += count
             if self.stop.is_set():
                 pool.shutdown(wait=False, cancel_futures=True)

@@ -51,6 +51,7 @@ import redis
 from django.conf import settings
 from psycopg import sql
 
+from bench._common import BenchError, TenantWanted, tenants_setup
 from channels_delivery.models import Message, MessageStatus
 from rules_engine.models import Event, EventStatus
 from tests.channels_delivery.sinks import HttpSink
@@ -81,51 +82,6 @@ SENDING_TIMEOUT_SECONDS = 6
 DELIVER_SECONDS = 60.0  # from the last accepted event until every one is sent
 STOP_SECONDS = 15.0
 SERVICE_UNAVAILABLE = "urn:herald:problem:service-unavailable"
-
-
-def stack_prepare(*, sink_url: str, slug: str) -> dict[str, str]:
-    """In a child process against the fresh cluster: the schemas, a tenant, its
-    key and its flow to the sink. Returns what the test needs to know."""
-    from django.core.management import call_command
-    from django_tenants.utils import tenant_context
-
-    from channels_delivery.catalogue import Channel
-    from channels_delivery.services.webhooks import endpoint_create
-    from rules_engine.services.event_types import event_type_save
-    from rules_engine.services.rules import rule_create
-    from rules_engine.services.templates import template_create
-    from tenants.models import ApiScope
-    from tenants.services import api_key_create, public_tenant_ensure, tenant_create
-
-    call_command("migrate_schemas", "--noinput", verbosity=0)
-    public_tenant_ensure(domains=[settings.HERALD_BASE_DOMAIN])
-    tenant = tenant_create(
-        slug=slug, name="Postgres restart", admin_email=f"admin@{slug}.example.com"
-    ).tenant
-    token = api_key_create(tenant=tenant, name="load", scopes=[ApiScope.EVENTS_WRITE]).token
-    event_type, path = "rel.pg-restart", "/pg-restart"
-    with tenant_context(tenant):
-        event_type_save(key=event_type, category="reliability")
-        template_create(
-            key="pg-restart", channel=Channel.WEBHOOK, variants={"en": {"body": BODY_TEMPLATE}},
-            fallback_locale="en", created_by="test",
-        )  # fmt: skip
-        rule_create(
-            name="pg-restart", event_type_key=event_type,
-            actions=[{"channel": "webhook", "template": "pg-restart"}],
-            recipients={"kind": "event"}, created_by="test",
-        )  # fmt: skip
-        endpoint_create(url=f"{sink_url}{path}", event_types=[event_type])
-    return {"token": token, "schema": tenant.schema_name, "event_type": event_type, "path": path}
-
-
-SETUP_SCRIPT = """
-import json, sys
-import django
-django.setup()
-from tests.reliability.test_postgres_restart import stack_prepare
-print(json.dumps(stack_prepare(sink_url=sys.argv[1], slug=sys.argv[2])))
-"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,14 +116,28 @@ def stack_env(*, database_url: str, directory: Path) -> dict[str, str]:
 
 
 def stack_setup(env: dict[str, str], *, sink_url: str) -> Prepared:
+    """In a child process against the fresh cluster, as the benchmarks set up
+    theirs: the schemas, a tenant, its key and its flow to the sink."""
     slug = f"restart-{uuid.uuid4().hex[:8]}"  # quota counters in Redis are per slug
-    result = subprocess.run(
-        [sys.executable, "-c", SETUP_SCRIPT, sink_url, slug],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=SETUP_SECONDS,
-    )  # fmt: skip
-    if result.returncode != 0:
-        pytest.fail(f"setting up the stack failed:\n{result.stdout}\n{result.stderr[-4000:]}")
-    return Prepared(**json.loads(result.stdout.strip().splitlines()[-1]))
+    event_type, path = "rel.pg-restart", "/pg-restart"
+    try:
+        ready = tenants_setup(
+            env,
+            tenants=[
+                TenantWanted(
+                    slug=slug, name="Postgres restart", admin_email=f"admin@{slug}.example.com",
+                    endpoint_paths=(path,),
+                )
+            ],
+            sink_url=sink_url, event_type=event_type,
+            event_type_fields={"category": "reliability"}, template="pg-restart",
+            body=BODY_TEMPLATE, rule="pg-restart", key_name="load", created_by="test",
+            domains=[settings.HERALD_BASE_DOMAIN], migrate=True, timeout=SETUP_SECONDS,
+        )  # fmt: skip
+    except BenchError as error:
+        pytest.fail(f"setting up the stack failed: {error}")
+    (tenant,) = ready.tenants
+    return Prepared(token=tenant.token, schema=tenant.schema, event_type=event_type, path=path)
 
 
 class Processes:
