@@ -487,19 +487,39 @@ def test_a_wrong_setting_or_mapping_is_named(shop: Shop) -> None:
     mappings = """
 from django.core.exceptions import ImproperlyConfigured
 from herald_client.django import ModelEvents
-from herald_client.django.mapping import model_of
 try:
     class NoModel(ModelEvents):
         created = "thing.created"
 except ImproperlyConfigured as error:
     print(error)
-class Unknown(ModelEvents):
-    model = "shop.Refund"
-try:
-    model_of(Unknown)
+try:  # after start-up a mapping is connected as it is defined, and checked then
+    class Unknown(ModelEvents):
+        model = "shop.Refund"
 except ImproperlyConfigured as error:
     print(error)
 """
     said = shop.manage("shell", "--command", mappings).splitlines()[-2:]
     assert said[0] == "NoModel must set `model`"
     assert said[1].startswith("Unknown.model: no model 'shop.Refund'")
+
+
+LATE_MAPPING = """
+import json
+from herald_client.django import ModelEvents
+from herald_client.django.models import OutboxEvent
+from shop.models import Customer
+
+class CustomerEvents(ModelEvents):  # defined after start-up, in a shell
+    model = "shop.Customer"
+    created = "customer.joined"
+    fields = ["name"]
+
+Customer.objects.create(email="gil@shop.example.com", name="Gil")
+print(json.dumps([row.body for row in OutboxEvent.objects.all()]))
+"""
+
+
+def test_a_mapping_defined_after_start_up_is_connected_too(shop: Shop) -> None:
+    output = shop.manage("shell", "--command", LATE_MAPPING)
+    made = json.loads(output.strip().splitlines()[-1])
+    assert made == [{"event": "customer.joined", "payload": {"name": "Gil"}}]

@@ -7,7 +7,6 @@ changes (created, updated — optionally only for some changes — deleted) send
 which event, which fields go into the payload and who receives it.
 """
 
-import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, cast
@@ -27,7 +26,10 @@ Condition = Callable[[Any, Changes], bool]
 
 _ANY = object()
 _SNAPSHOT = "_herald_snapshot"
+# Defined before the app was ready, waiting for connect_all.
 _registry: list[type["ModelEvents"]] = []
+_connected = False
+_by_model: dict[type[models.Model], list["ModelEvents"]] = {}
 
 
 def changed(field: str, *, to: Any = _ANY) -> Condition:
@@ -82,7 +84,10 @@ class ModelEvents:
                 raise ImproperlyConfigured(
                     f"{cls.__qualname__}.{attribute} must be a list of attribute paths"
                 )
-        _registry.append(cls)
+        if _connected:
+            _connect(cls)
+        else:
+            _registry.append(cls)
 
     # --- what is sent ---------------------------------------------------------
 
@@ -168,7 +173,6 @@ def _remember(sender: type[models.Model], instance: models.Model, **kwargs: Any)
 
 
 def _saved(
-    mapping: ModelEvents,
     sender: type[models.Model],
     instance: models.Model,
     created: bool,
@@ -176,56 +180,48 @@ def _saved(
     using: str,
     **kwargs: Any,
 ) -> None:
+    """Every mapping of the model sees the same changes; then the snapshot moves
+    on, so the next save compares with this one."""
     from herald_client.django.outbox import outbox_add
 
-    if raw:  # loaddata: fixtures are not news
-        return
-    if created:
-        events = [mapping.created] if mapping.created else []
-    else:
-        events = mapping.events_updated(instance, _changes(instance))
-    for event in events:
-        outbox_add(mapping.body(instance, event), using=using)
+    mappings = _by_model.get(sender, [])
+    if not raw:  # loaddata: fixtures are not news
+        changes = {} if created else _changes(instance)
+        for mapping in mappings:
+            if created:
+                events = [mapping.created] if mapping.created else []
+            else:
+                events = mapping.events_updated(instance, changes)
+            for event in events:
+                outbox_add(mapping.body(instance, event), using=using)
+    if _SNAPSHOT in instance.__dict__:
+        instance.__dict__[_SNAPSHOT] = _snapshot(instance)
 
 
-def _after_save(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
-    # After every mapping of the model has compared: the next save compares with this one.
-    instance.__dict__[_SNAPSHOT] = _snapshot(instance)
-
-
-def _deleted(
-    mapping: ModelEvents,
-    sender: type[models.Model],
-    instance: models.Model,
-    using: str,
-    **kwargs: Any,
-) -> None:
+def _deleted(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
     from herald_client.django.outbox import outbox_add
 
-    if mapping.deleted:
-        outbox_add(mapping.body(instance, mapping.deleted), using=using)
+    for mapping in _by_model.get(sender, []):
+        if mapping.deleted:
+            outbox_add(mapping.body(instance, mapping.deleted), using=using)
+
+
+def _connect(events: type[ModelEvents]) -> None:
+    model = model_of(events)
+    _by_model.setdefault(model, []).append(events())
+    uid = f"herald_client:{model._meta.label}"
+    post_save.connect(_saved, sender=model, weak=False, dispatch_uid=f"{uid}:save")
+    post_delete.connect(_deleted, sender=model, weak=False, dispatch_uid=f"{uid}:delete")
+    if isinstance(events.updated, Mapping):  # conditions compare with what was loaded
+        post_init.connect(_remember, sender=model, weak=False, dispatch_uid=f"{uid}:init")
+    logger.debug("herald events of %s: %s", model._meta.label, events.__qualname__)
 
 
 def connect_all() -> None:
-    """Connect every registered ModelEvents to its model's signals (once each)."""
-    tracked: set[type[models.Model]] = set()
+    """Connect every ModelEvents defined so far to its model's signals; one
+    defined later (a module imported after start-up) is connected as it is."""
+    global _connected
     for events in _registry:
-        model = model_of(events)
-        mapping = events()
-        uid = f"herald_client:{events.__module__}.{events.__qualname__}"
-        post_save.connect(
-            functools.partial(_saved, mapping), sender=model, weak=False, dispatch_uid=f"{uid}:save"
-        )
-        post_delete.connect(
-            functools.partial(_deleted, mapping),
-            sender=model,
-            weak=False,
-            dispatch_uid=f"{uid}:delete",
-        )
-        if isinstance(events.updated, Mapping):
-            tracked.add(model)
-        logger.debug("herald events of %s: %s", model._meta.label, uid)
-    for model in tracked:
-        uid = f"herald_client:{model._meta.label}"
-        post_init.connect(_remember, sender=model, weak=False, dispatch_uid=f"{uid}:init")
-        post_save.connect(_after_save, sender=model, weak=False, dispatch_uid=f"{uid}:after")
+        _connect(events)
+    _registry.clear()
+    _connected = True
