@@ -1,7 +1,7 @@
 """/api/v1/stats: the tenant's delivery figures for a period, from the rollup
 (channels_delivery.stats), so a year of messages costs what a day does."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from django.http import HttpRequest, HttpResponse
@@ -112,9 +112,16 @@ def stats_read(
     end = end or timezone.now()
     start = start or end - DEFAULT_PERIOD
     errors = []
-    for name, moment in (("start", start), ("end", end)):
+    moments = {"start": start, "end": end}
+    for name, moment in moments.items():
         if timezone.is_naive(moment):
             errors.append(FieldError(pointer=f"/{name}", detail="give a time zone, e.g. Z"))
+            continue
+        try:  # PostgreSQL refuses offsets beyond ±15:59, which ISO 8601 allows
+            moments[name] = moment.astimezone(UTC)
+        except OverflowError:
+            errors.append(FieldError(pointer=f"/{name}", detail="is out of range"))
+    start, end = moments["start"], moments["end"]
     if not errors and start >= end:
         errors.append(FieldError(pointer="/start", detail="must be before end"))
     if not errors and end - start > MAX_SPAN[grain]:
