@@ -523,3 +523,44 @@ def test_a_mapping_defined_after_start_up_is_connected_too(shop: Shop) -> None:
     output = shop.manage("shell", "--command", LATE_MAPPING)
     made = json.loads(output.strip().splitlines()[-1])
     assert made == [{"event": "customer.joined", "payload": {"name": "Gil"}}]
+
+
+BACKLOG = 120
+
+
+def test_an_outbox_filled_during_an_outage_drains_in_batches(
+    herald_side: HeraldSide, shop: Shop
+) -> None:
+    """Orders made while Herald is down wait; one flush afterwards sends them
+    FLUSH_BATCH to a request. An item Herald refuses is kept, the others go."""
+    herald_side.order_schema(
+        {"type": "object", "properties": {"total": {"type": "string", "pattern": "[.][0-9]{2}$"}}}
+    )
+    log: list[str] = []
+    with shop_server(shop):  # Herald is not running
+        for n in range(BACKLOG):
+            shop.order_create(str(3000 + n), name="Hal", total="1.50")
+        shop.order_create("3999", name="Hal", total="7")  # no cents: refused
+    assert len(shop.outbox_rows()) == BACKLOG + 1
+
+    with (
+        celery_worker(queues=f"{PIPELINE_QUEUE},{DELIVERY_QUEUE}", env=WORKER_ENV, output=log),
+        herald_at(shop),
+    ):
+        flushed = shop.manage("herald_outbox", "flush", "--all")
+        assert flushed.startswith(f"sent {BACKLOG}, retrying later 0, rejected 1"), flushed
+        wait_for(
+            "every accepted order's webhook",
+            lambda: len(herald_side.received()) == BACKLOG,
+            timeout=DELIVERY_TIMEOUT,
+            log=log,
+        )
+    assert sorted(number for _, number in herald_side.received()) == [
+        str(3000 + n) for n in range(BACKLOG)
+    ]
+    assert len(herald_side.events()) == BACKLOG
+    (kept,) = shop.outbox_rows()
+    listing = shop.manage("herald_outbox", "list", "--rejected")
+    assert "refused in a batch (validation-failed)" in listing, listing
+    assert "/payload/total" in listing, listing
+    assert str(uuid.UUID(kept[0])) in listing

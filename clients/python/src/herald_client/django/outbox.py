@@ -17,10 +17,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from herald_client import errors
@@ -28,10 +29,12 @@ from herald_client._retry import Backoff
 from herald_client.client import Herald
 from herald_client.django import conf
 from herald_client.django.models import OutboxEvent
+from herald_client.models import EventInput
 
 logger = logging.getLogger("herald_client.django")
 
 BODY_KEYS = frozenset({"event", "to", "topic", "payload", "actor", "send_at", "tenant_data"})
+# Rows to a batch request (Herald takes up to HERALD_MAX_BATCH_ITEMS, 1,000).
 FLUSH_BATCH = 100
 MAX_ERROR_LENGTH = 2000
 # Herald refused the event itself: sending it again can not help.
@@ -41,6 +44,8 @@ REJECTED = (
     errors.PayloadTooLarge,
     errors.ValidationError,
 )
+# The same for one item of a batch, by its problem type.
+ITEM_REJECTED = frozenset({"validation-failed", "idempotency-key-reused"})
 
 _clients: dict[tuple[int, str, str, float], Herald] = {}
 _clients_lock = threading.Lock()
@@ -112,27 +117,87 @@ class Outcome:
 
 def outbox_send(row: OutboxEvent, *, using: str = DEFAULT_DB_ALIAS) -> Outcome:
     """Send one row its sender has claimed."""
-    rows = OutboxEvent.objects.using(using).filter(pk=row.pk)
-    attempts = row.attempts + 1
     try:
         herald().events.send(**row.body, idempotency_key=row.idempotency_key)
     except REJECTED as error:
-        rows.update(attempts=attempts, rejected_at=timezone.now(), last_error=_describe(error))
-        logger.error("Herald refused %s, kept in the outbox: %s", row, _describe(error))
-        return Outcome("rejected", _describe(error))
+        return _rejected(row, _describe(error), using)
     except errors.HeraldError as error:
-        # Unreachable, 5xx, 429, a key that is wrong or lacks the scope (401/403,
-        # fixed in settings without losing what waits), 409 (the key in use).
-        delay = Backoff(initial=2.0, maximum=conf.max_delay()).delay(min(attempts - 1, 30))
-        if isinstance(error, errors.RateLimited) and error.retry_after is not None:
-            delay = max(delay, error.retry_after)
-        due = timezone.now() + timedelta(seconds=delay)
-        rows.update(attempts=attempts, next_attempt_at=due, last_error=_describe(error))
-        logger.warning("%s not sent (attempt %s), next in %.0f s: %s", row, attempts, delay, error)
-        unreachable = isinstance(error, errors.APIConnectionError)
-        return Outcome("unreachable" if unreachable else "retrying", _describe(error))
-    rows.delete()
+        return _failed(row, error, using)
+    OutboxEvent.objects.using(using).filter(pk=row.pk).delete()
     return Outcome("sent")
+
+
+def outbox_send_many(rows: list[OutboxEvent], *, using: str = DEFAULT_DB_ALIAS) -> list[Outcome]:
+    """Send claimed rows in one batch request, each row's outcome in order. Each
+    item is accepted (deleted) or refused (kept, rejected) on its own; a failed
+    request is every row's failure, tried again later; a request refused as a
+    whole is sent again row by row, so that no row holds up the others."""
+    if len(rows) <= 1:
+        return [outbox_send(row, using=using) for row in rows]
+    items = [cast(EventInput, {**row.body, "idempotency_key": row.idempotency_key}) for row in rows]
+    try:
+        answer = herald().events.send_batch(items)
+    except REJECTED:
+        return [outbox_send(row, using=using) for row in rows]
+    except errors.HeraldError as error:
+        return [_failed(row, error, using) for row in rows]
+    results = {result.index: result for result in answer.results}
+    outcomes: list[Outcome] = []
+    for index, row in enumerate(rows):
+        result = results.get(index)
+        if result is not None and result.accepted:
+            outcomes.append(Outcome("sent"))
+            continue
+        slug = (result.type or "") if result is not None else "no result for this item"
+        slug = slug.removeprefix(errors.PROBLEM_PREFIX)
+        fields = [f"{e.pointer}: {e.detail}" for e in (result.errors if result else ())]
+        detail = "\n".join([f"refused in a batch ({slug})", *fields])[:MAX_ERROR_LENGTH]
+        if slug in ITEM_REJECTED:
+            outcomes.append(_rejected(row, detail, using))
+        else:  # the key in use concurrently, or anything new: not the event's fault
+            outcomes.append(_retry_later(row, detail, using, unreachable=False))
+    sent = [row.pk for row, outcome in zip(rows, outcomes, strict=True) if outcome.kind == "sent"]
+    OutboxEvent.objects.using(using).filter(pk__in=sent).delete()
+    return outcomes
+
+
+def _rejected(row: OutboxEvent, detail: str, using: str) -> Outcome:
+    OutboxEvent.objects.using(using).filter(pk=row.pk).update(
+        attempts=row.attempts + 1, rejected_at=timezone.now(), last_error=detail
+    )
+    logger.error("Herald refused %s, kept in the outbox: %s", row, detail)
+    return Outcome("rejected", detail)
+
+
+def _failed(row: OutboxEvent, error: errors.HeraldError, using: str) -> Outcome:
+    """Unreachable, 5xx, 429, a key that is wrong or lacks the scope (401/403,
+    fixed in settings without losing what waits), 409 (the key in use)."""
+    retry_after = error.retry_after if isinstance(error, errors.RateLimited) else None
+    unreachable = isinstance(error, errors.APIConnectionError)
+    return _retry_later(
+        row, _describe(error), using, unreachable=unreachable, retry_after=retry_after
+    )
+
+
+def _retry_later(
+    row: OutboxEvent,
+    detail: str,
+    using: str,
+    *,
+    unreachable: bool,
+    retry_after: float | None = None,
+) -> Outcome:
+    attempts = row.attempts + 1
+    delay = Backoff(initial=2.0, maximum=conf.max_delay()).delay(min(attempts - 1, 30))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    OutboxEvent.objects.using(using).filter(pk=row.pk).update(
+        attempts=attempts,
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        last_error=detail,
+    )
+    logger.warning("%s not sent (attempt %s), next in %.0f s: %s", row, attempts, delay, detail)
+    return Outcome("unreachable" if unreachable else "retrying", detail)
 
 
 def _describe(error: errors.HeraldError) -> str:
@@ -154,40 +219,36 @@ def _claim(row: OutboxEvent, using: str, now: datetime) -> bool:
     return taken == 1
 
 
-def outbox_flush(
-    *, using: str = DEFAULT_DB_ALIAS, everything: bool = False, limit: int | None = None
-) -> FlushResult:
+def outbox_flush(*, using: str = DEFAULT_DB_ALIAS, everything: bool = False) -> FlushResult:
     """Send every due row (``everything``: every row not rejected, due or not),
-    oldest first, at most ``limit``. Stops early when Herald is unreachable:
-    the rest would fail the same way and wait for their turn."""
+    oldest first, FLUSH_BATCH to a request, so that an outbox that filled during
+    an outage drains in few requests. Stops early when Herald is unreachable:
+    the rest would fail the same way, and wait."""
     result = FlushResult()
-    seen: set[Any] = set()
-    while limit is None or result.sent + result.retrying + result.rejected < limit:
+    after = Q()  # keyset: the rows after the last one looked at
+    while True:
         now = timezone.now()
-        due = OutboxEvent.objects.using(using).filter(rejected_at=None).exclude(pk__in=seen)
+        due = OutboxEvent.objects.using(using).filter(after, rejected_at=None)
         if not everything:
             due = due.filter(next_attempt_at__lte=now)
-        batch = list(due.order_by("created_at")[:FLUSH_BATCH])
+        batch = list(due.order_by("created_at", "id")[:FLUSH_BATCH])
         if not batch:
-            break
-        for row in batch:
-            seen.add(row.pk)
-            if limit is not None and result.sent + result.retrying + result.rejected >= limit:
-                break
-            if not _claim(row, using, now):
-                continue
-            outcome = outbox_send(row, using=using)
+            return result
+        last = batch[-1]
+        after = Q(created_at__gt=last.created_at) | Q(created_at=last.created_at, id__gt=last.id)
+        claimed = [row for row in batch if _claim(row, using, now)]
+        outcomes = outbox_send_many(claimed, using=using)
+        for row, outcome in zip(claimed, outcomes, strict=True):
             if outcome.kind == "sent":
                 result.sent += 1
                 continue
             result.errors.append(f"{row}: {outcome.detail}")
             if outcome.kind == "rejected":
                 result.rejected += 1
-                continue
-            result.retrying += 1
-            if outcome.kind == "unreachable":
-                return result
-    return result
+            else:
+                result.retrying += 1
+        if any(outcome.kind == "unreachable" for outcome in outcomes):
+            return result
 
 
 def outbox_retry(
