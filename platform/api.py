@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from herald.jsonbody import BodyProblem, HeraldParser
 from herald.pagination import InvalidCursor
-from herald.problems import FieldError, problem_response, validation_problem
+from herald.problems import FieldError, json_pointer, problem_response, validation_problem
 from tenants.authentication import ApiKeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -145,11 +145,11 @@ def json_pointer_of(location: Sequence[Any]) -> str:
     """A pydantic error location as a JSON pointer. The tags of tagged unions,
     written ``<like-this>`` (rules_engine.api.events.Recipient), name a branch of
     the schema, not a place in the document, and are left out."""
-    kept = (
+    kept = [
         part for part in location
         if not (isinstance(part, str) and part.startswith("<") and part.endswith(">"))
-    )  # fmt: skip
-    return "/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in kept)
+    ]  # fmt: skip
+    return json_pointer(kept) or "/"
 
 
 def _pointer(location: tuple[Any, ...] | list[Any]) -> str:

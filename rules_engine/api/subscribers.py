@@ -17,6 +17,7 @@ from herald.api import (
     FieldErrorOut,
     ProblemOut,
     ValidationProblemOut,
+    json_pointer_of,
     require_any_scope,
     require_scope,
 )
@@ -209,7 +210,7 @@ def subscribers_bulk_upsert(request: HttpRequest, body: SubscriberBulkIn) -> Any
                 "status": "invalid",
                 "errors": [
                     {
-                        "pointer": "/" + "/".join(str(part) for part in detail["loc"]),
+                        "pointer": json_pointer_of(detail["loc"]),
                         "detail": detail["msg"],
                     }
                     for detail in error.errors()
