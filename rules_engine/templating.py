@@ -65,7 +65,7 @@ from babel import dates as babel_dates
 from babel import numbers as babel_numbers
 from django.conf import settings
 from jinja2 import nodes
-from jinja2.runtime import Context, markup_join, str_join
+from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
@@ -84,6 +84,10 @@ MAX_FORMAT_WIDTH = 1000
 # Arguments a filter repeats into its output (urlize's target, indent's prefix).
 MAX_REPEATED_ARGUMENT_LENGTH = 200
 MAX_FILTER_FORMAT_LENGTH = 100
+# Macro and recursive-loop calls inside one another. Counted, not left to
+# Python's recursion limit, so the refusal does not depend on how deep the
+# caller's stack already is or on how fast the machine reaches the limit.
+MAX_CALL_DEPTH = 50
 # Compiled templates kept per process, keyed by (cache_key, mode, strict).
 TEMPLATE_CACHE_SIZE = 512
 # How jinja names a template made from a string in tracebacks (for line numbers).
@@ -224,6 +228,7 @@ class _RenderState:
     locale: Locale
     zone: tzinfo
     ticks: int = 0
+    depth: int = 0  # macro and recursive-loop calls currently open
 
 
 _STATE: ContextVar[_RenderState | None] = ContextVar("herald_template_render", default=None)
@@ -461,7 +466,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _tick()
         args = _check_call(obj, args, kwargs)
-        result = super().call(context, obj, *args, **kwargs)
+        if isinstance(obj, Macro | LoopContext):
+            result = _nested_call(super().call, context, obj, args, kwargs)
+        else:
+            result = super().call(context, obj, *args, **kwargs)
         _check_result(result)
         return result
 
@@ -506,6 +514,28 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         buffer = list(parts)
         _check_length(sum(map(len, buffer)), "a block")
         return "".join(buffer)
+
+
+def _nested_call(
+    call: Callable[..., Any],
+    context: Context,
+    obj: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    state = _STATE.get()
+    if state is None:
+        return call(context, obj, *args, **kwargs)
+    if state.depth >= MAX_CALL_DEPTH:
+        raise _Refused(
+            f"nested too deeply: more than {MAX_CALL_DEPTH} macro or loop calls inside"
+            " one another (a macro or loop calling itself?)"
+        )
+    state.depth += 1
+    try:
+        return call(context, obj, *args, **kwargs)
+    finally:
+        state.depth -= 1
 
 
 _LOOP_GUARD = "_herald_loop"

@@ -15,6 +15,7 @@ from rules_engine import templating
 from rules_engine.templating import (
     CHANNEL_FIELDS,
     CHANNEL_REQUIRED_ONE_OF,
+    MAX_CALL_DEPTH,
     MAX_VALUE_LENGTH,
     FieldSpec,
     RenderContext,
@@ -178,7 +179,7 @@ RUNAWAYS = [
     ),
     (
         "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
-        "{{ f(60) }}",
+        "{{ f(40) }}",
         "rendering took longer than 100 ms",
     ),
     ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "nested too deeply"),
@@ -273,6 +274,35 @@ def test_runaway_templates_stop_within_the_bound(
     assert isinstance(error, TemplateRenderError)
     assert problem in error.message
     assert timed() < BOUND_SECONDS
+
+
+# N calls inside one another, each adding one pair of brackets.
+NESTED_MACRO = "{% macro f(n) %}({% if n %}{{ f(n - 1) }}{% endif %}){% endmacro %}{{ f(N - 1) }}"
+NESTED_LOOP = (
+    "{% set ns = namespace(tree=[]) %}{% for i in range(N) %}{% set ns.tree = [ns.tree] %}"
+    "{% endfor %}{% for c in ns.tree recursive %}({{ loop(c) }}){% endfor %}"
+)
+
+
+@pytest.mark.parametrize("source", [NESTED_MACRO, NESTED_LOOP], ids=["macro", "loop"])
+def test_calls_nest_up_to_a_counted_depth(source: str, ctx: RenderContext) -> None:
+    # Counted by the sandbox, so the answer is the same on a slow machine, from
+    # a deep caller stack, or with the render deadline still far away.
+    deepest = source.replace("N", str(MAX_CALL_DEPTH))
+    assert render_text(deepest, ctx) == "(" * MAX_CALL_DEPTH + ")" * MAX_CALL_DEPTH
+
+    def from_deep_stack(frames: int) -> TemplateError:
+        if frames:
+            return from_deep_stack(frames - 1)
+        return fails(source.replace("N", str(MAX_CALL_DEPTH + 1)), ctx)
+
+    error = from_deep_stack(400)
+    assert error.message == (
+        f"line 1: nested too deeply: more than {MAX_CALL_DEPTH} macro or loop calls inside one"
+        " another (a macro or loop calling itself?)"
+    )
+    # The count is per render: a refused render leaves nothing behind.
+    assert render_text(deepest, ctx).count("(") == MAX_CALL_DEPTH
 
 
 @pytest.mark.usefixtures("fast_bound")
