@@ -12,6 +12,8 @@ from django.db import DatabaseError
 from channels_delivery.services.callbacks import callback_deliver
 from channels_delivery.services.delivery import messages_deliver_many
 from herald.celery import app
+from tenants.models import Tenant
+from tenants.sweeps import tenants_each
 
 logger = logging.getLogger(__name__)
 
@@ -46,37 +48,23 @@ def callbacks_deliver(callback_ids: list[str]) -> None:
 def messages_sweep_all() -> None:
     """Beat: publish every tenant's due and stranded messages (services.dispatch)
     and status callbacks (services.callbacks)."""
-    from django_tenants.utils import get_public_schema_name, tenant_context
-
     from channels_delivery.services.callbacks import callbacks_sweep
     from channels_delivery.services.dispatch import messages_sweep
-    from tenants.models import Tenant
 
-    for tenant in Tenant.objects.exclude(schema_name=get_public_schema_name()).filter(
-        is_active=True
-    ):
-        try:
-            with tenant_context(tenant):
-                swept = messages_sweep() + callbacks_sweep()
-        except Exception:  # one tenant's failure must not hold up the others' messages
-            logger.exception("sweeping the messages of %s failed", tenant.schema_name)
-            continue
+    def sweep(tenant: Tenant) -> None:
+        swept = messages_sweep() + callbacks_sweep()
         if swept:
             logger.info("published %s due messages and callbacks of %s", swept, tenant.schema_name)
+
+    tenants_each(work=sweep, what="sweeping the messages")
 
 
 @app.task(name="channels_delivery.stats_fold_all", requires_tenant=False)
 def stats_fold_all() -> None:
     """Beat: fold every tenant's analytics deltas and publish them for staff
     (services.stats). A suspended tenant's late changes are folded too."""
-    from django_tenants.utils import get_public_schema_name, tenant_context
-
     from channels_delivery.services.stats import stats_fold
-    from tenants.models import Tenant
 
-    for tenant in Tenant.objects.exclude(schema_name=get_public_schema_name()):
-        try:
-            with tenant_context(tenant):
-                stats_fold()
-        except Exception:  # one tenant's failure must not hold up the others' figures
-            logger.exception("folding the analytics of %s failed", tenant.schema_name)
+    tenants_each(
+        work=lambda tenant: stats_fold(), what="folding the analytics", include_suspended=True
+    )

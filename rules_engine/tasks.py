@@ -3,13 +3,14 @@
 import logging
 import uuid
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError
 from django.utils import timezone
 
 from herald.celery import app
 from rules_engine.services.digests import FLUSH_LIMIT, digests_flush_due
 from rules_engine.services.pipeline import event_process as event_process_service
+from tenants.models import Tenant
+from tenants.sweeps import tenants_each
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +35,14 @@ def event_process_many(event_ids: list[str]) -> None:
 @app.task(name="rules_engine.events_sweep_all", requires_tenant=False)
 def events_sweep_all() -> None:
     """Beat: sweep every tenant's events outbox (see services.sweeper)."""
-    from django_tenants.utils import get_public_schema_name, tenant_context
-
     from rules_engine.services.sweeper import events_sweep
-    from tenants.models import Tenant
 
-    for tenant in Tenant.objects.exclude(schema_name=get_public_schema_name()).filter(
-        is_active=True
-    ):
-        with tenant_context(tenant):
-            swept = events_sweep()
+    def sweep(tenant: Tenant) -> None:
+        swept = events_sweep()
         if swept:
             logger.info("re-enqueued %s events of %s", swept, tenant.schema_name)
+
+    tenants_each(work=sweep, what="sweeping the events")
 
 
 # Claims per tenant per beat run while each comes back full (the backlog of a large
@@ -56,27 +53,18 @@ DIGEST_CLAIMS_PER_RUN = 10
 @app.task(name="rules_engine.digests_flush_all", requires_tenant=False)
 def digests_flush_all() -> None:
     """Beat: send every tenant's digests whose window has closed (see services.digests)."""
-    from django_tenants.utils import get_public_schema_name, tenant_context
 
-    from tenants.models import Tenant
+    def flush(tenant: Tenant) -> None:
+        for _ in range(DIGEST_CLAIMS_PER_RUN):
+            report = digests_flush_due(now=timezone.now())
+            if report.sent:
+                logger.info(
+                    "sent %s digests (%s messages) of %s",
+                    report.sent,
+                    report.messages,
+                    tenant.schema_name,
+                )
+            if report.claimed < FLUSH_LIMIT:
+                break
 
-    for tenant in Tenant.objects.exclude(schema_name=get_public_schema_name()).filter(
-        is_active=True
-    ):
-        try:
-            with tenant_context(tenant):
-                for _ in range(DIGEST_CLAIMS_PER_RUN):
-                    report = digests_flush_due(now=timezone.now())
-                    if report.sent:
-                        logger.info(
-                            "sent %s digests (%s messages) of %s",
-                            report.sent,
-                            report.messages,
-                            tenant.schema_name,
-                        )
-                    if report.claimed < FLUSH_LIMIT:
-                        break
-        except SoftTimeLimitExceeded:
-            raise  # out of time: stop, the next run carries on
-        except Exception:  # one tenant's failure must not hold up the others' digests
-            logger.exception("sending the digests of %s failed", tenant.schema_name)
+    tenants_each(work=flush, what="sending the digests")
