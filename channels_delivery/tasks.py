@@ -48,23 +48,30 @@ def callbacks_deliver(callback_ids: list[str]) -> None:
 def messages_sweep_all() -> None:
     """Beat: publish every tenant's due and stranded messages (services.dispatch)
     and status callbacks (services.callbacks)."""
-    from channels_delivery.services.callbacks import callbacks_sweep
-    from channels_delivery.services.dispatch import messages_sweep
+    from channels_delivery.services.callbacks import callbacks_sweep, callbacks_sweepable
+    from channels_delivery.services.dispatch import messages_sweep, messages_sweepable
 
     def sweep(tenant: Tenant) -> None:
         swept = messages_sweep() + callbacks_sweep()
         if swept:
             logger.info("published %s due messages and callbacks of %s", swept, tenant.schema_name)
 
-    tenants_each(work=sweep, what="sweeping the messages")
+    tenants_each(
+        work=sweep,
+        what="sweeping the messages",
+        pending=lambda now: [*messages_sweepable(now=now), *callbacks_sweepable(now=now)],
+    )
 
 
 @app.task(name="channels_delivery.stats_fold_all", requires_tenant=False)
 def stats_fold_all() -> None:
     """Beat: fold every tenant's analytics deltas and publish them for staff
     (services.stats). A suspended tenant's late changes are folded too."""
-    from channels_delivery.services.stats import stats_fold
+    from channels_delivery.services.stats import stats_fold, stats_foldable
 
     tenants_each(
-        work=lambda tenant: stats_fold(), what="folding the analytics", include_suspended=True
+        work=lambda tenant: stats_fold(),
+        what="folding the analytics",
+        pending=lambda now: [stats_foldable()],
+        include_suspended=True,
     )

@@ -7,7 +7,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from herald.celery import app
-from rules_engine.services.digests import FLUSH_LIMIT, digests_flush_due
+from rules_engine.services.digests import FLUSH_LIMIT, digests_claimable, digests_flush_due
 from rules_engine.services.pipeline import event_process as event_process_service
 from tenants.models import Tenant
 from tenants.sweeps import tenants_each
@@ -35,14 +35,16 @@ def event_process_many(event_ids: list[str]) -> None:
 @app.task(name="rules_engine.events_sweep_all", requires_tenant=False)
 def events_sweep_all() -> None:
     """Beat: sweep every tenant's events outbox (see services.sweeper)."""
-    from rules_engine.services.sweeper import events_sweep
+    from rules_engine.services.sweeper import events_sweep, events_sweepable
 
     def sweep(tenant: Tenant) -> None:
         swept = events_sweep()
         if swept:
             logger.info("re-enqueued %s events of %s", swept, tenant.schema_name)
 
-    tenants_each(work=sweep, what="sweeping the events")
+    tenants_each(
+        work=sweep, what="sweeping the events", pending=lambda now: [events_sweepable(now=now)]
+    )
 
 
 # Claims per tenant per beat run while each comes back full (the backlog of a large
@@ -67,4 +69,6 @@ def digests_flush_all() -> None:
             if report.claimed < FLUSH_LIMIT:
                 break
 
-    tenants_each(work=flush, what="sending the digests")
+    tenants_each(
+        work=flush, what="sending the digests", pending=lambda now: digests_claimable(now=now)
+    )

@@ -29,6 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
@@ -335,17 +336,29 @@ def _record(*, callback_id: uuid.UUID, result: ProviderResult, now: datetime) ->
     return str(callback.status)
 
 
+def callbacks_sweepable(
+    *, now: datetime
+) -> tuple[QuerySet[StatusCallback], QuerySet[StatusCallback]]:
+    """What callbacks_sweep claims at ``now``: due callbacks nobody published
+    within the grace period, and callbacks stuck in ``sending``."""
+    grace = timedelta(seconds=settings.HERALD_DELIVERY_GRACE_SECONDS)
+    sending_timeout = timedelta(seconds=settings.HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS)
+    queued = StatusCallback.objects.filter(
+        status=CallbackStatus.QUEUED, updated_at__lt=now - grace
+    ).exclude(next_attempt_at__gt=now)
+    stuck = StatusCallback.objects.filter(
+        status=CallbackStatus.SENDING, updated_at__lt=now - sending_timeout
+    )
+    return queued, stuck
+
+
 def callbacks_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
     """Publish the current schema's due callbacks nobody published within the grace
     period and those stuck sending (failed once out of attempts); returns how many
     were published."""
     now = now or timezone.now()
-    grace = timedelta(seconds=settings.HERALD_DELIVERY_GRACE_SECONDS)
-    sending_timeout = timedelta(seconds=settings.HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS)
+    queued, sweepable_stuck = callbacks_sweepable(now=now)
     with transaction.atomic():
-        queued = StatusCallback.objects.filter(
-            status=CallbackStatus.QUEUED, updated_at__lt=now - grace
-        ).exclude(next_attempt_at__gt=now)
         due = list(
             queued.order_by("created_at")
             .select_for_update(skip_locked=True)
@@ -353,10 +366,7 @@ def callbacks_sweep(*, now: datetime | None = None, limit: int = 1000) -> int:
         )
         StatusCallback.objects.filter(pk__in=due).update(updated_at=now)
         stuck = list(
-            StatusCallback.objects.filter(
-                status=CallbackStatus.SENDING, updated_at__lt=now - sending_timeout
-            )
-            .order_by("updated_at")
+            sweepable_stuck.order_by("updated_at")
             .select_for_update(skip_locked=True)
             .values_list("id", flat=True)[:limit]
         )

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from channels_delivery.models import Message, MessageStatus
@@ -136,27 +136,36 @@ def messages_due(*, now: datetime) -> Q:
     )
 
 
+def messages_sweepable(*, now: datetime) -> tuple[QuerySet[Message], QuerySet[Message]]:
+    """What messages_sweep claims at ``now``: due messages nobody published within
+    the grace period, and messages stuck in ``sending`` past its timeout. Beat
+    asks these first, so a tenant with neither costs one query
+    (tenants.sweeps)."""
+    grace = timedelta(seconds=settings.HERALD_DELIVERY_GRACE_SECONDS)
+    sending_timeout = timedelta(seconds=settings.HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS)
+    due = Message.objects.filter(messages_due(now=now), updated_at__lt=now - grace)
+    stuck = Message.objects.filter(
+        status=MessageStatus.SENDING, updated_at__lt=now - sending_timeout
+    )
+    return due, stuck
+
+
 def messages_sweep(*, now: datetime | None = None, limit: int = CLAIM_LIMIT) -> int:
     """Claim and publish up to ``limit`` due messages of the current schema that
     nobody published within the grace period, and as many stuck in ``sending``
     (failed instead once out of attempts); returns how many were published."""
     now = now or timezone.now()
-    grace = timedelta(seconds=settings.HERALD_DELIVERY_GRACE_SECONDS)
-    sending_timeout = timedelta(seconds=settings.HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS)
+    sweepable_due, sweepable_stuck = messages_sweepable(now=now)
     with transaction.atomic():
         due = list(
-            Message.objects.filter(messages_due(now=now), updated_at__lt=now - grace)
-            .order_by("created_at")
+            sweepable_due.order_by("created_at")
             .select_for_update(skip_locked=True)
             .values_list("id", flat=True)[:limit]
         )
         # Touched now, so the next sweep leaves them to the task it published.
         Message.objects.filter(pk__in=due).update(updated_at=now)
         stuck = list(
-            Message.objects.filter(
-                status=MessageStatus.SENDING, updated_at__lt=now - sending_timeout
-            )
-            .order_by("updated_at")
+            sweepable_stuck.order_by("updated_at")
             .select_for_update(skip_locked=True)
             .values_list("id", flat=True)[:limit]
         )

@@ -14,7 +14,9 @@ import zlib
 from dataclasses import dataclass
 
 from django.db import connection, transaction
+from django.db.models import QuerySet
 
+from channels_delivery.models import StatsDelta
 from dashboard.models import TenantStatsHour, TenantStatsTotal
 from tenants.db import tenant_connection
 
@@ -56,6 +58,12 @@ def _lock_key(schema_name: str) -> int:
 class Folded:
     keys: int  # (hour, channel, provider, metric) rows changed
     skipped: bool = False  # another fold of this tenant was running
+
+
+def stats_foldable() -> QuerySet[StatsDelta]:
+    """What stats_fold folds: the deltas written since the last fold (beat asks
+    this first, tenants.sweeps)."""
+    return StatsDelta.objects.all()
 
 
 def stats_fold() -> Folded:

@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import QuerySet
 
 from channels_delivery.models import MessageStatus
 from channels_delivery.services.dispatch import messages_enqueue
@@ -230,6 +231,15 @@ def _orphaned_before(now: datetime) -> datetime:
     return now - timedelta(seconds=2 * settings.CELERY_TASK_TIME_LIMIT)
 
 
+def digests_claimable(*, now: datetime) -> tuple[QuerySet[DigestBatch], QuerySet[DigestBatch]]:
+    """What digests_claim claims at ``now``: orphaned claims, then batches due."""
+    orphaned = DigestBatch.objects.filter(
+        status=DigestStatus.SENDING, claimed_at__lte=_orphaned_before(now)
+    )
+    due = DigestBatch.objects.filter(status=DigestStatus.OPEN, closes_at__lte=now)
+    return orphaned, due
+
+
 def digests_claim(*, now: datetime, claim: uuid.UUID, limit: int = FLUSH_LIMIT) -> list[int]:
     """Mark up to ``limit`` batches as ``sending`` under ``claim``: orphaned claims
     first, then batches due at ``now``, oldest window first, skipping rows another
@@ -237,15 +247,13 @@ def digests_claim(*, now: datetime, claim: uuid.UUID, limit: int = FLUSH_LIMIT) 
     transaction."""
     # Two queries rather than one with OR: each walks its own partial index in
     # order and stops at the limit, however large the backlog.
-    orphaned = DigestBatch.objects.filter(
-        status=DigestStatus.SENDING, claimed_at__lte=_orphaned_before(now)
-    ).order_by("claimed_at", "id")
-    due = DigestBatch.objects.filter(status=DigestStatus.OPEN, closes_at__lte=now).order_by(
-        "closes_at", "id"
-    )
+    orphaned, due = digests_claimable(now=now)
     with transaction.atomic():
         ids: list[int] = []
-        for candidates in (orphaned, due):
+        for candidates in (
+            orphaned.order_by("claimed_at", "id"),
+            due.order_by("closes_at", "id"),
+        ):
             room = limit - len(ids)
             if room > 0:
                 unlocked = candidates.select_for_update(skip_locked=True)

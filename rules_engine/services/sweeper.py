@@ -10,9 +10,16 @@ so sweepers and dispatchers on several machines share the work.
 
 from datetime import datetime
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from rules_engine.models import Event
 from rules_engine.services.dispatch import events_dispatch, events_stale
+
+
+def events_sweepable(*, now: datetime) -> QuerySet[Event]:
+    """What events_sweep claims at ``now`` (beat asks this first, tenants.sweeps)."""
+    return Event.objects.filter(events_stale(now=now))
 
 
 def events_sweep(*, now: datetime | None = None) -> int:
