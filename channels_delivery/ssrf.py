@@ -65,6 +65,12 @@ class UnsafeUrl(ValueError):
         super().__init__(reason)
 
 
+class HostUnresolved(UnsafeUrl):
+    """The host name gave no address just now: nothing was refused. When a URL
+    is saved that is an error to fix; when sending through a URL that resolved
+    before, it is most likely the resolver's outage, which a retry outlives."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckedUrl:
     url: str
@@ -87,7 +93,7 @@ def resolve_system(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
-        raise UnsafeUrl(f"the host {host!r} does not resolve ({error})") from error
+        raise HostUnresolved(f"the host {host!r} does not resolve ({error})") from error
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -220,7 +226,7 @@ def host_resolve_checked(host: str, port: int, *, allow_loopback: bool) -> tuple
         literal = None
     addresses = [str(literal)] if literal is not None else resolver(host, port)
     if not addresses:
-        raise UnsafeUrl(f"the host {host!r} does not resolve to any address")
+        raise HostUnresolved(f"the host {host!r} does not resolve to any address")
     for address in addresses:
         refusal = address_refusal(address, allow_loopback=allow_loopback)
         if refusal:

@@ -52,6 +52,10 @@ class SmtpHostRefused(OSError):
     """The SMTP host resolves to an address Herald may not connect to (DESIGN.md SSRF)."""
 
 
+class SmtpHostUnresolved(OSError):
+    """The SMTP host's name gave no address just now (a resolver outage, say)."""
+
+
 class _CheckedSMTP(smtplib.SMTP):
     """Connects only to an address that passed the SSRF check just now, so a DNS
     answer that changes between check and connect can not point it inward. The
@@ -61,6 +65,9 @@ class _CheckedSMTP(smtplib.SMTP):
         allow_loopback = bool(getattr(settings, "HERALD_ALLOW_LOOPBACK_URLS", False))
         try:
             addresses = ssrf.host_resolve_checked(host, port, allow_loopback=allow_loopback)
+        except ssrf.HostUnresolved as error:
+            # Not a refusal: the name gave no address just now (_result_for_error retries).
+            raise SmtpHostUnresolved(error.reason) from None
         except ssrf.UnsafeUrl as error:
             raise SmtpHostRefused(error.reason) from None
         # host_resolve_checked returns at least one address; the last one's error stands.
@@ -259,7 +266,7 @@ def _result_for_error(error: Exception, *, host: str, port: int) -> ProviderResu
         return ProviderResult(
             kind=ResultKind.RETRYABLE, error=f"{host}:{port} refused the connection"
         )
-    if isinstance(error, socket.gaierror):
+    if isinstance(error, socket.gaierror | SmtpHostUnresolved):
         return ProviderResult(
             kind=ResultKind.RETRYABLE, error=f"the host name {host!r} did not resolve: {error}"
         )

@@ -146,15 +146,19 @@ def _secret_checked(value: object, *, field: str, errors: dict[str, str]) -> str
     return value
 
 
-def _api_url_checked(value: object, *, errors: dict[str, str]) -> str:
-    """The base URL, ending in "/" so anymail joins its endpoint below it. The SSRF
-    check resolves the name: it runs when the config is saved and on every send."""
+def _api_url_checked(value: object, *, errors: dict[str, str], resolve: bool) -> str:
+    """The base URL, ending in "/" so anymail joins its endpoint below it. With
+    ``resolve`` (when the config is saved) the SSRF check resolves the name;
+    a send resolves it again itself (AnymailProvider._send)."""
     if not isinstance(value, str) or not value.strip():
         errors["api_url"] = "must be an https URL"
         return ""
     url = value.strip()
     try:
-        ssrf.url_check(url)
+        if resolve:
+            ssrf.url_check(url)
+        else:
+            ssrf.url_parse(url)
     except ssrf.UnsafeUrl as refused:
         errors["api_url"] = refused.reason
         return ""
@@ -387,6 +391,9 @@ class AnymailProvider:
     config_fields: ClassVar[frozenset[str]] = fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return self._validated(config, resolve=True)
+
+    def _validated(self, config: Mapping[str, Any], *, resolve: bool) -> dict[str, Any]:
         errors: dict[str, str] = {
             unknown: "unknown field" for unknown in sorted(set(config) - self.fields)
         }
@@ -408,7 +415,7 @@ class AnymailProvider:
             reply_to = email_address_checked(config["reply_to"], field="reply_to", errors=errors)
         api_url = ""
         if config.get("api_url"):
-            api_url = _api_url_checked(config["api_url"], errors=errors)
+            api_url = _api_url_checked(config["api_url"], errors=errors, resolve=resolve)
         elif esp is not None and not esp.default_url:
             errors["api_url"] = f"required: the base URL of your {esp.name} server"
         timeout = _timeout_checked(config.get("timeout"), errors=errors)
@@ -438,9 +445,19 @@ class AnymailProvider:
         )
 
     def _send(self, message: RenderedMessage, config: Mapping[str, Any]) -> ProviderResult:
+        given_url = config.get("api_url")
+        if isinstance(given_url, str) and given_url.strip():
+            # Again at every send: the name may resolve elsewhere than when it was saved.
+            try:
+                ssrf.url_check(given_url.strip())
+            except ssrf.HostUnresolved as unresolved:  # a resolver outage passes: retried
+                return ProviderResult(kind=ResultKind.RETRYABLE, error=unresolved.reason)
+            except ssrf.UnsafeUrl as refused:
+                return ProviderResult(
+                    kind=ResultKind.CONFIG_ERROR, error=f"api_url: {refused.reason}"
+                )
         try:
-            # Checks api_url again: the name may resolve elsewhere than when it was saved.
-            config = self.validate_config(config)
+            config = self._validated(config, resolve=False)
         except ConfigInvalid as invalid:
             return ProviderResult(kind=ResultKind.CONFIG_ERROR, error=str(invalid))
         esp = ESPS[config["esp"]]

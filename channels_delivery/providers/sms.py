@@ -27,7 +27,14 @@ from channels_delivery.providers.base import (
     ResultKind,
     provider_register,
 )
-from channels_delivery.ssrf import MAX_TIMEOUT_SECONDS, UnsafeUrl, safe_client, url_parse
+from channels_delivery.ssrf import (
+    MAX_TIMEOUT_SECONDS,
+    HostUnresolved,
+    UnsafeUrl,
+    safe_client,
+    url_check,
+    url_parse,
+)
 
 # --- segments ---------------------------------------------------------------
 
@@ -140,9 +147,13 @@ def http_result(
     config error (the credentials are wrong); a redirect a config error (the
     URL is wrong, and redirects are never followed); other 4xx permanent;
     timeouts and connection errors retryable; a URL or address the SSRF guard
-    refuses a config error. ``detail`` is the provider's own
+    refuses a config error, but a host name that gave no address retryable
+    (it resolved when the URL was saved: a resolver outage passes). ``detail``
+    is the provider's own
     reading of an error body, used as the error text when given.
     """
+    if isinstance(outcome, HostUnresolved):
+        return ProviderResult(kind=ResultKind.RETRYABLE, error=outcome.reason)
     if isinstance(outcome, UnsafeUrl):
         return ProviderResult(
             kind=ResultKind.CONFIG_ERROR, error=f"the URL is refused: {outcome.reason}"
@@ -247,13 +258,17 @@ def _unknown_fields(config: Mapping[str, Any], known: frozenset[str]) -> dict[st
     return {name: "unknown field" for name in config if name not in known}
 
 
-def _http_url(value: object, *, allow_query: bool = True) -> tuple[str, str]:
-    """(normalised URL, error)."""
+def _http_url(value: object, *, resolve: bool, allow_query: bool = True) -> tuple[str, str]:
+    """(normalised URL, error). With ``resolve`` (when the config is saved) what
+    the host resolves to is checked too; every connection checks it again."""
     if not isinstance(value, str) or not value.strip():
         return "", "required: an http(s) URL"
     url = value.strip()
     try:
-        url_parse(url)  # the spelling only; the address is checked on every connection
+        if resolve:
+            url_check(url)
+        else:
+            url_parse(url)
     except UnsafeUrl as refused:
         return "", refused.reason
     if not allow_query and urlsplit(url).query:
@@ -303,8 +318,11 @@ class HttpGatewayProvider:
     config_fields: ClassVar[frozenset[str]] = known_fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return self._validated(config, resolve=True)
+
+    def _validated(self, config: Mapping[str, Any], *, resolve: bool) -> dict[str, Any]:
         errors = _unknown_fields(config, self.known_fields)
-        url, errors["url"] = _http_url(config.get("url"))
+        url, errors["url"] = _http_url(config.get("url"), resolve=resolve)
         method = str(config.get("method") or "POST").upper()
         errors["method"] = "" if method in ("POST", "PUT") else "must be POST or PUT"
         auth = config.get("auth") or "none"
@@ -366,7 +384,7 @@ class HttpGatewayProvider:
 
     def send(self, message: RenderedMessage, config: Mapping[str, Any]) -> ProviderResult:
         try:
-            config = self.validate_config(config)
+            config = self._validated(config, resolve=False)
         except ConfigInvalid as invalid:
             return ProviderResult(kind=ResultKind.CONFIG_ERROR, error=str(invalid))
         refused = _undeliverable(message)
@@ -426,6 +444,9 @@ class TwilioProvider:
     config_fields: ClassVar[frozenset[str]] = known_fields
 
     def validate_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return self._validated(config, resolve=True)
+
+    def _validated(self, config: Mapping[str, Any], *, resolve: bool) -> dict[str, Any]:
         errors = _unknown_fields(config, self.known_fields)
         account_sid, errors["account_sid"] = _required_string(config.get("account_sid"))
         if account_sid and not SID.fullmatch(account_sid):
@@ -440,8 +461,12 @@ class TwilioProvider:
             )
         elif not sender and not service_sid:
             errors["from"] = "required unless messaging_service_sid is set"
+        # Twilio's own address is not resolved when saved (saving works offline);
+        # another base_url the tenant gives is, like every tenant-supplied URL.
+        given = config.get("base_url") or TWILIO_BASE_URL
+        twilios = isinstance(given, str) and given.strip().rstrip("/") == TWILIO_BASE_URL
         base_url, errors["base_url"] = _http_url(
-            config.get("base_url") or TWILIO_BASE_URL, allow_query=False
+            given, resolve=resolve and not twilios, allow_query=False
         )
         timeout, errors["timeout"] = _timeout(config.get("timeout"))
         errors = {name: error for name, error in errors.items() if error}
@@ -458,7 +483,7 @@ class TwilioProvider:
 
     def send(self, message: RenderedMessage, config: Mapping[str, Any]) -> ProviderResult:
         try:
-            config = self.validate_config(config)
+            config = self._validated(config, resolve=False)
         except ConfigInvalid as invalid:
             return ProviderResult(kind=ResultKind.CONFIG_ERROR, error=str(invalid))
         refused = _undeliverable(message)

@@ -574,14 +574,14 @@ def test_a_rate_limit_is_a_whole_number_of_messages_a_second(tenant_a: Tenant) -
                     channel=Channel.SMS,
                     provider="http_gateway",
                     name="gateway",
-                    config={"url": "https://sms.example.com/send"},
+                    config={"url": "http://127.0.0.1:9/send"},  # nothing is sent
                     rate_limit_per_second=bad,  # type: ignore[arg-type]
                 )
         integration = integration_create(
             channel=Channel.SMS,
             provider="http_gateway",
             name="gateway",
-            config={"url": "https://sms.example.com/send"},
+            config={"url": "http://127.0.0.1:9/send"},  # nothing is sent
             rate_limit_per_second=10,
         )
         assert integration.rate_limit_per_second == 10

@@ -453,6 +453,19 @@ def test_smtp_connects_to_the_address_that_was_checked(
     assert len(sink.received) == 1
 
 
+def test_an_smtp_host_that_does_not_resolve_when_sending_is_retryable(
+    plain_server: int, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def outage(host: str, port: int) -> list[str]:
+        raise ssrf.HostUnresolved(f"the host {host!r} does not resolve (temporary failure)")
+
+    monkeypatch.setattr(ssrf, "resolver", outage)
+    result = smtp.send(rendered(), smtp_config(plain_server, host="smtp.tenant.test"))
+    assert result.kind == ResultKind.RETRYABLE
+    assert "'smtp.tenant.test' did not resolve" in result.error
+    assert sink.received == []
+
+
 def test_smtp_private_address_refused_at_save() -> None:
     with pytest.raises(ConfigInvalid) as refused:
         smtp.validate_config(smtp_config(25, host="10.0.0.5"))

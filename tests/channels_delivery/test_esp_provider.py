@@ -724,3 +724,24 @@ def test_a_message_is_delivered_through_postmark(schema: Tenant, sink: HttpSink)
     headers = {header["Name"]: header["Value"] for header in sent["Headers"]}
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert headers["List-Unsubscribe"].startswith("<http")
+
+
+def test_an_api_url_that_does_not_resolve_when_sending_is_retryable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = {
+        "esp": "postal",
+        "api_key": API_KEY,
+        "from_email": "a@b.example",
+        "api_url": "https://postal.acme.example",
+    }
+    monkeypatch.setattr(ssrf, "resolver", lambda host, port: ["93.184.216.34"])
+    anymail.validate_config(config)
+
+    def outage(host: str, port: int) -> list[str]:
+        raise ssrf.HostUnresolved(f"the host {host!r} does not resolve (temporary failure)")
+
+    monkeypatch.setattr(ssrf, "resolver", outage)
+    result = anymail.send(rendered(), config)
+    assert result.kind == ResultKind.RETRYABLE
+    assert "'postal.acme.example' does not resolve" in result.error

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from channels_delivery import ssrf
 from channels_delivery.providers.base import (
     RESPONSE_EXCERPT_MAX,
     ConfigInvalid,
@@ -379,7 +380,17 @@ def test_twilio_timeout_is_retryable(sink: HttpSink) -> None:
 # --- config validation ----------------------------------------------------------
 
 
-def test_gateway_config_is_normalised() -> None:
+def public_names(host: str, port: int) -> list[str]:
+    """What a resolver answers for every name in these tests: an outside address."""
+    return ["93.184.216.34"]
+
+
+def unresolvable(host: str, port: int) -> list[str]:
+    raise ssrf.HostUnresolved(f"the host {host!r} does not resolve (no answer)")
+
+
+def test_gateway_config_is_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssrf, "resolver", public_names)
     config = HttpGatewayProvider().validate_config({"url": " https://sms.example.com/send "})
 
     assert config == {
@@ -425,7 +436,8 @@ def test_gateway_config_errors_name_each_field() -> None:
     assert "bearer" in raised.value.errors["token"]
 
 
-def test_gateway_basic_auth_needs_username_and_password() -> None:
+def test_gateway_basic_auth_needs_username_and_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssrf, "resolver", public_names)
     with pytest.raises(ConfigInvalid) as raised:
         HttpGatewayProvider().validate_config({"url": "https://x.example", "auth": "basic"})
 
@@ -454,6 +466,59 @@ def test_twilio_config_defaults_and_errors() -> None:
         )
     assert set(raised.value.errors) == {"account_sid", "auth_token", "from", "base_url"}
     assert raised.value.errors["from"] == "required unless messaging_service_sid is set"
+
+
+def test_a_gateway_url_is_resolved_when_saved(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.HERALD_ALLOW_LOOPBACK_URLS = False
+    monkeypatch.setattr(ssrf, "resolver", lambda host, port: ["10.0.0.5"])
+    with pytest.raises(ConfigInvalid) as inward:
+        HttpGatewayProvider().validate_config({"url": "https://sms.acme.test/send"})
+    assert inward.value.errors["url"].startswith("the host 'sms.acme.test' resolves to 10.0.0.5")
+    monkeypatch.setattr(ssrf, "resolver", unresolvable)
+    with pytest.raises(ConfigInvalid) as nowhere:
+        HttpGatewayProvider().validate_config({"url": "https://sms.acme.test/send"})
+    assert "does not resolve" in nowhere.value.errors["url"]
+
+
+def test_twilios_own_address_is_not_resolved_when_saved_but_another_base_url_is(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.HERALD_ALLOW_LOOPBACK_URLS = False
+    asked: list[str] = []
+
+    def inward(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["10.0.0.5"]
+
+    monkeypatch.setattr(ssrf, "resolver", inward)
+    base = {"account_sid": ACCOUNT_SID, "auth_token": "t", "from": "+15005550006"}
+    # Saving works offline: Twilio's own address is checked on every connection only.
+    saved = TwilioProvider().validate_config(base)
+    TwilioProvider().validate_config(saved)  # as an update passes the stored config back
+    TwilioProvider().validate_config({**base, "base_url": "https://api.twilio.com/"})
+    assert asked == []
+    with pytest.raises(ConfigInvalid) as refused:
+        TwilioProvider().validate_config({**base, "base_url": "https://twilio-proxy.acme.test"})
+    assert "resolves to 10.0.0.5" in refused.value.errors["base_url"]
+    assert asked == ["twilio-proxy.acme.test"]
+
+
+def test_a_gateway_name_that_stops_resolving_is_retried_not_failed(
+    sink: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resolver outage is not the tenant's mistake: the message is retried."""
+    monkeypatch.setattr(ssrf, "resolver", lambda host, port: ["127.0.0.1"])
+    port = sink.url.rsplit(":", 1)[1]
+    config = HttpGatewayProvider().validate_config({"url": f"http://sms.acme.test:{port}/send"})
+    assert HttpGatewayProvider().send(sms(), config).kind is ResultKind.ACCEPTED
+
+    monkeypatch.setattr(ssrf, "resolver", unresolvable)
+    result = HttpGatewayProvider().send(sms(), config)
+    assert result.kind is ResultKind.RETRYABLE
+    assert result.error == "the host 'sms.acme.test' does not resolve (no answer)"
+    assert len(sink.requests) == 1
 
 
 def test_send_with_invalid_config_is_a_config_error_without_any_request(

@@ -219,6 +219,21 @@ def test_a_private_address_is_refused_at_connect_as_a_config_error(
     assert resolved == ["hooks.customer.test"]
 
 
+def test_a_name_that_does_not_resolve_when_sending_is_retryable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It resolved when the endpoint was saved: a resolver outage must not fail
+    the message for good (nor flag the endpoint's configuration)."""
+
+    def outage(host: str, port: int) -> list[str]:
+        raise ssrf.HostUnresolved(f"the host {host!r} does not resolve (temporary failure)")
+
+    monkeypatch.setattr(ssrf, "resolver", outage)
+    result = send(webhook("https://hooks.customer.test/h"))
+    assert result.kind is ResultKind.RETRYABLE
+    assert "'hooks.customer.test' does not resolve" in result.error
+
+
 @pytest.mark.parametrize(
     ("address", "error"),
     [
