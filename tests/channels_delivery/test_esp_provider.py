@@ -658,9 +658,28 @@ def test_a_private_api_url_is_refused() -> None:
     assert "private" in refused.value.errors["api_url"]
 
 
-def test_a_name_is_checked_again_before_each_send(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Saved while the name pointed outward; by the send it points at the metadata
-    service, and nothing is sent."""
+def dns_outage(host: str, port: int) -> list[str]:
+    raise ssrf.HostUnresolved(f"the host {host!r} does not resolve (temporary failure)")
+
+
+@pytest.mark.parametrize(
+    ("later", "kind", "errors"),
+    [
+        (
+            lambda host, port: ["169.254.169.254"],
+            ResultKind.CONFIG_ERROR,
+            ["'postal.acme.example' resolves to 169.254.169.254", "metadata"],
+        ),
+        # A resolver outage is not the tenant's mistake: retried, not failed.
+        (dns_outage, ResultKind.RETRYABLE, ["'postal.acme.example' does not resolve"]),
+    ],
+    ids=["now-points-at-the-metadata-service", "dns-outage"],
+)
+def test_a_name_is_checked_again_before_each_send(
+    later: Any, kind: ResultKind, errors: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saved while the name pointed outward; what it resolves to at the send
+    decides, and nothing is sent to an address that is refused."""
     config = {
         "esp": "postal",
         "api_key": API_KEY,
@@ -669,13 +688,13 @@ def test_a_name_is_checked_again_before_each_send(monkeypatch: pytest.MonkeyPatc
     }
     monkeypatch.setattr(ssrf, "resolver", lambda host, port: ["93.184.216.34"])
     anymail.validate_config(config)
-    monkeypatch.setattr(ssrf, "resolver", lambda host, port: ["169.254.169.254"])
+    monkeypatch.setattr(ssrf, "resolver", later)
 
     result = anymail.send(rendered(), config)
 
-    assert result.kind == ResultKind.CONFIG_ERROR
-    assert "'postal.acme.example' resolves to 169.254.169.254" in result.error
-    assert "metadata" in result.error
+    assert result.kind == kind
+    for error in errors:
+        assert error in result.error
 
 
 # --- through the delivery core ------------------------------------------------------------
@@ -724,24 +743,3 @@ def test_a_message_is_delivered_through_postmark(schema: Tenant, sink: HttpSink)
     headers = {header["Name"]: header["Value"] for header in sent["Headers"]}
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert headers["List-Unsubscribe"].startswith("<http")
-
-
-def test_an_api_url_that_does_not_resolve_when_sending_is_retryable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    config = {
-        "esp": "postal",
-        "api_key": API_KEY,
-        "from_email": "a@b.example",
-        "api_url": "https://postal.acme.example",
-    }
-    monkeypatch.setattr(ssrf, "resolver", lambda host, port: ["93.184.216.34"])
-    anymail.validate_config(config)
-
-    def outage(host: str, port: int) -> list[str]:
-        raise ssrf.HostUnresolved(f"the host {host!r} does not resolve (temporary failure)")
-
-    monkeypatch.setattr(ssrf, "resolver", outage)
-    result = anymail.send(rendered(), config)
-    assert result.kind == ResultKind.RETRYABLE
-    assert "'postal.acme.example' does not resolve" in result.error

@@ -60,11 +60,12 @@ BEAT_TASKS = [
     (stats_fold_all, ["channels_delivery.services.stats.stats_fold"], "folding the analytics"),
     (digests_flush_all, ["rules_engine.tasks.digests_flush_due"], "sending the digests"),
 ]
-
-
-@pytest.mark.parametrize(
+each_beat_task = pytest.mark.parametrize(
     ("task", "services", "what"), BEAT_TASKS, ids=lambda value: getattr(value, "name", "")
 )
+
+
+@each_beat_task
 def test_a_failing_tenant_does_not_stop_the_beat_task_for_the_others(
     task: Any,
     services: list[str],
@@ -244,9 +245,7 @@ def test_a_row_not_due_yet_leaves_the_tenant_idle(tenant_a: Tenant, tenant_b: Te
 
 
 @pytest.mark.usefixtures("nothing_pending")
-@pytest.mark.parametrize(
-    ("task", "services", "what"), BEAT_TASKS, ids=lambda v: getattr(v, "name", "")
-)
+@each_beat_task
 def test_beat_tasks_skip_idle_tenants_with_one_query_each(
     task: Any,
     services: list[str],
