@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from glob import glob
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1147,3 +1147,65 @@ def figures_write(
             indent=2,
         )
     )
+
+
+class BenchReport(Protocol):
+    """What a benchmark's report gives ``report_publish``."""
+
+    @property
+    def command(self) -> str: ...
+
+    @property
+    def date(self) -> str: ...
+
+    @property
+    def machine(self) -> str: ...
+
+    def markdown(self) -> str: ...
+
+    def figures(self) -> list[Figure]: ...
+
+
+Report = TypeVar("Report")
+
+
+def run_guarded(
+    benchmark: Callable[[], Report], *, interrupted: str = "interrupted"
+) -> Report | int:
+    """Runs ``benchmark`` with SIGTERM and SIGHUP as interrupts. Its result, or
+    the exit status of a failed run: 1 for a BenchError (printed without a
+    traceback), 130 when interrupted (``interrupted`` is what is said then)."""
+    try:
+        with signals_as_interrupt():
+            return benchmark()
+    except BenchError as error:
+        say(f"error: {error}")
+        return 1
+    except KeyboardInterrupt:  # Interrupted, from a signal, is one too
+        say(interrupted)
+        return 130
+
+
+def report_publish(
+    report: BenchReport,
+    *,
+    bench: str,
+    title: str,
+    figures: str | None,
+    write_docs: bool,
+) -> None:
+    """Prints the report; writes its figures for bench/all.py (``--figures PATH``)
+    and, with ``write_docs``, its block of docs/benchmarks.md."""
+    print(report.markdown())
+    if figures:
+        figures_write(
+            figures,
+            bench=bench,
+            command=report.command,
+            date=report.date,
+            machine=report.machine,
+            figures=report.figures(),
+        )
+    if write_docs:
+        docs_write_section(name=bench, title=title, generated=report.markdown())
+        say(f"wrote the {title} block of docs/benchmarks.md")

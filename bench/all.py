@@ -3,9 +3,10 @@
     make bench                      # .venv/bin/python bench/all.py
     .venv/bin/python bench/all.py [--only ingest,cel] [--quick]
 
-Runs ingest, CEL, fan-out, delivery and dashboard one after another (each in
-its own process, each with its own same-run references: pgbench INSERTs, a
-minimal Django view, a Python function, a COPY, the login page), lets each
+Runs ingest, CEL, fan-out, delivery, dashboard and beat sweeps one after
+another (each in its own process, each with its own same-run references:
+pgbench INSERTs, a minimal Django view, a Python function, a COPY, the login
+page, the sweeps without their probe), lets each
 rewrite its own section of docs/benchmarks.md, and writes the summary at the
 top: every headline figure with its target, reference, ratio, machine, date
 and the command that produced it. Each benchmark's figures are kept in
@@ -56,6 +57,7 @@ BENCHES = (
         quick=("--events", "1000", "--latency-duration", "5"),
     ),
     Bench("dashboard", "dashboard.py", quick=("--messages", "20000", "--requests", "5")),
+    Bench("sweeps", "sweeps.py", quick=("--tenants", "10", "--rounds", "2")),
 )
 SUMMARY_BEGIN, SUMMARY_END = "<!-- bench:summary:begin -->", "<!-- bench:summary:end -->"
 

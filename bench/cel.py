@@ -38,13 +38,12 @@ from _common import (  # noqa: E402
     ROOT,
     BenchError,
     Figure,
-    docs_write_section,
-    figures_write,
     load_average,
     machine_info,
     markdown_table,
+    report_publish,
+    run_guarded,
     say,
-    signals_as_interrupt,
     utc_now,
 )
 
@@ -381,28 +380,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     arguments = parse_arguments(argv)
-    try:
-        with signals_as_interrupt():
-            report = benchmark(arguments, argv)
-    except BenchError as error:
-        say(f"error: {error}")
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    print(report.markdown())
-    if arguments.figures:
-        figures_write(
-            arguments.figures,
-            bench="cel",
-            command=report.command,
-            date=report.date,
-            machine=report.machine,
-            figures=report.figures(),
-        )
-    if arguments.write_docs:
-        docs_write_section(name="cel", title="CEL", generated=report.markdown())
-        say("wrote the CEL block of docs/benchmarks.md")
+    report = run_guarded(lambda: benchmark(arguments, argv))
+    if isinstance(report, int):
+        return report
+    report_publish(
+        report, bench="cel", title="CEL", figures=arguments.figures, write_docs=arguments.write_docs
+    )
     say("target " + ("met" if report.met() else "NOT met"))
     return 0
 

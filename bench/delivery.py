@@ -83,9 +83,7 @@ from _common import (
     Supervised,
     TenantWanted,
     cpu_busy_percent,
-    docs_write_section,
     ensure_database,
-    figures_write,
     find_executable,
     free_port,
     git_state,
@@ -99,8 +97,9 @@ from _common import (
     process_command_line,
     profile_categories,
     profile_summary,
+    report_publish,
+    run_guarded,
     say,
-    signals_as_interrupt,
     sql,
     tenants_setup,
     utc_now,
@@ -1506,31 +1505,22 @@ def main(argv: list[str] | None = None) -> int:
         print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
         return 2
     started = time.monotonic()
-    try:
-        with signals_as_interrupt():
-            report = benchmark(arguments, argv)
-    except BenchError as error:
-        say(f"error: {error}")
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted; everything started has been stopped")
-        return 130
-    print(report.markdown())
+    report = run_guarded(
+        lambda: benchmark(arguments, argv),
+        interrupted="interrupted; everything started has been stopped",
+    )
+    if isinstance(report, int):
+        return report
+    problems = report.problems()
+    report_publish(
+        report,
+        bench="delivery",
+        title="Delivery",
+        figures=arguments.figures,
+        write_docs=arguments.write_docs and not problems,
+    )
     if arguments.profile:
         print(profile_report(arguments.profile, report.runs))
-    problems = report.problems()
-    if arguments.figures:
-        figures_write(
-            arguments.figures,
-            bench="delivery",
-            command=report.command,
-            date=report.date,
-            machine=report.machine,
-            figures=report.figures(),
-        )
-    if arguments.write_docs and not problems:
-        docs_write_section(name="delivery", title="Delivery", generated=report.markdown())
-        say("wrote the Delivery block of docs/benchmarks.md")
     met = all(ok for _, _, ok in report.targets())
     say(f"done in {time.monotonic() - started:.0f} s; targets " + ("met" if met else "NOT met"))
     if problems:

@@ -67,9 +67,7 @@ from _common import (  # noqa: E402
     CpuBreakdown,
     Figure,
     cpu_busy_percent,
-    docs_write_section,
     ensure_database,
-    figures_write,
     find_executable,
     libpq_url,
     load_average,
@@ -79,9 +77,10 @@ from _common import (  # noqa: E402
     process_command_line,
     profile_categories,
     profile_summary,
+    report_publish,
     run,
+    run_guarded,
     say,
-    signals_as_interrupt,
     sql,
     utc_now,
     with_database,
@@ -1338,28 +1337,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.chdir(ROOT)
     started = time.monotonic()
-    try:
-        with signals_as_interrupt():
-            report = benchmark(arguments, argv, py_spy_path)
-    except BenchError as error:
-        say(f"error: {error}")
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    print(report.markdown())
-    if arguments.figures:
-        figures_write(
-            arguments.figures,
-            bench="fanout",
-            command=report.command,
-            date=report.date,
-            machine=report.machine,
-            figures=report.figures(),
-        )
-    if arguments.write_docs:
-        docs_write_section(name="fanout", title="Fan-out", generated=report.markdown())
-        say("wrote the Fan-out block of docs/benchmarks.md")
+    report = run_guarded(lambda: benchmark(arguments, argv, py_spy_path))
+    if isinstance(report, int):
+        return report
+    report_publish(
+        report,
+        bench="fanout",
+        title="Fan-out",
+        figures=arguments.figures,
+        write_docs=arguments.write_docs,
+    )
     say(
         f"done in {time.monotonic() - started:.0f} s; median {report.median_s:.2f} s, target "
         + ("met" if report.met() else "NOT met")

@@ -57,9 +57,7 @@ from _common import (
     PgbenchResult,
     WrkResult,
     cpu_busy_percent,
-    docs_write_section,
     ensure_database,
-    figures_write,
     find_executable,
     find_pgbench,
     http_request,
@@ -71,9 +69,10 @@ from _common import (
     process_command_line,
     profile_categories,
     profile_summary,
+    report_publish,
     run,
+    run_guarded,
     say,
-    signals_as_interrupt,
     sql,
     tool_version,
     utc_now,
@@ -1218,16 +1217,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     started = time.monotonic()
-    try:
-        with signals_as_interrupt():
-            report = benchmark(arguments, argv)
-    except BenchError as error:
-        say(f"error: {error}")
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted; everything started has been stopped")
-        return 130
-    print(report.markdown())
+    report = run_guarded(
+        lambda: benchmark(arguments, argv),
+        interrupted="interrupted; everything started has been stopped",
+    )
+    if isinstance(report, int):
+        return report
+    problems = report.single.problems() + report.batch.problems()
+    report_publish(
+        report,
+        bench="ingest",
+        title="Ingest",
+        figures=arguments.figures,
+        write_docs=arguments.write_docs and not problems,
+    )
     if arguments.profile:
         print_profiles(
             arguments.profile,
@@ -1235,19 +1238,6 @@ def main(argv: list[str] | None = None) -> int:
             arguments.workers,
             wall_clock=arguments.profile_wall_clock,
         )
-    problems = report.single.problems() + report.batch.problems()
-    if arguments.figures:
-        figures_write(
-            arguments.figures,
-            bench="ingest",
-            command=report.command,
-            date=report.date,
-            machine=report.machine,
-            figures=report.figures(),
-        )
-    if arguments.write_docs and not problems:
-        docs_write_section(name="ingest", title="Ingest", generated=report.markdown())
-        say("wrote the Ingest block of docs/benchmarks.md")
     say(
         f"done in {time.monotonic() - started:.0f} s; targets "
         + ("met" if report.met_all() else "NOT met")
