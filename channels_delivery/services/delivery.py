@@ -16,6 +16,11 @@ message goes to every enabled endpoint whose event filter receives its event's
 type, one DeliveryAttempt per endpoint; it is sent once all of them accepted,
 and a retry goes only to the endpoints that have not accepted yet. An endpoint
 that answers 410 Gone is disabled and no longer counts against the message.
+
+The database may go away between the send and the record (a restart, a
+failover). The results are in hand then, so recording them is tried again on
+a new connection for a few seconds (``RECORD_RETRY_WAITS``) rather than
+leaving the messages ``sending`` until the sweeper's timeout and a second send.
 """
 
 import dataclasses
@@ -30,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -248,7 +253,7 @@ def messages_deliver_many(
                 message=job.message, integration=job.integration, now=now, clock=clock
             )
     if jobs:
-        reports.update(_record_many(jobs, started_at=now))
+        reports.update(_record_with_retries(jobs, started_at=now))
     return [reports[message_id] for message_id in ids]
 
 
@@ -694,10 +699,43 @@ def _retryable_in_a_row(*, message_id: uuid.UUID, integration: Integration | Non
     return count
 
 
-def _record_many(jobs: Sequence[_Job], *, started_at: datetime) -> dict[uuid.UUID, DeliveryReport]:
+# Seconds between tries to record a batch's attempts while the database is
+# unreachable: about 15 s in all, well within the task's time limit.
+RECORD_RETRY_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _record_with_retries(
+    jobs: Sequence[_Job], *, started_at: datetime
+) -> dict[uuid.UUID, DeliveryReport]:
+    """``_record_many``, tried again while the connection is lost. Inside an
+    outer transaction there is nothing to retry: that transaction is gone."""
+    tries = 0
+    while True:
+        try:
+            return _record_many(jobs, started_at=started_at, again=tries > 0)
+        except (OperationalError, InterfaceError) as error:
+            if tries == len(RECORD_RETRY_WAITS) or connection.in_atomic_block:
+                raise
+            wait = RECORD_RETRY_WAITS[tries]
+            tries += 1
+            logger.warning(
+                "recording the attempts of %s messages failed (%s); trying again in %s s",
+                len(jobs),
+                error,
+                wait,
+            )
+            connection.close()  # the next query connects afresh, on the same schema
+            time.sleep(wait)
+
+
+def _record_many(
+    jobs: Sequence[_Job], *, started_at: datetime, again: bool = False
+) -> dict[uuid.UUID, DeliveryReport]:
     """Store every attempt of the batch and move each message on, in one
     transaction: the retry policy decides per message; the messages sent with
-    the same integration move together in one statement."""
+    the same integration move together in one statement. ``again``: an
+    earlier try may have committed after all (its connection died before the
+    answer), so attempts are stored only for messages still ``sending``."""
     reports: dict[uuid.UUID, DeliveryReport] = {}
     with transaction.atomic():
         locked = Message.objects.select_for_update().in_bulk([job.message.pk for job in jobs])
@@ -711,6 +749,7 @@ def _record_many(jobs: Sequence[_Job], *, started_at: datetime) -> dict[uuid.UUI
                 )
                 for job in jobs
                 if job.message.pk in locked
+                and not (again and locked[job.message.pk].status != S.SENDING)
                 for sent in job.sends
             ]
         )

@@ -2,6 +2,7 @@
 HTTP sinks on 127.0.0.1; time is controlled by passing ``now``."""
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from tenants.models import Tenant
 from tests.channels_delivery.conftest import Published
 from tests.channels_delivery.sinks import HttpSink, http_sink
 from tests.channels_delivery.test_email_provider import Sink, start_server
+from tests.threads import in_own_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -484,3 +486,85 @@ def test_an_unknown_message_is_a_no_op(schema: Tenant) -> None:
     missing = uuid.uuid4()
     report = message_deliver(message_id=missing, now=datetime.now().astimezone())
     assert (report.attempted, report.status) == (False, "")
+
+
+# --- the database goes away between the send and the record -----------------------------
+
+
+def test_a_connection_lost_while_recording_is_retried_without_a_second_send(
+    tenant_a: Tenant, sms_a: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The gateway took the message, then the worker's database connection died
+    (terminated by PostgreSQL, as in a restart) before the attempt was stored.
+    Recording is tried again on a new connection: the message is sent once and
+    recorded once, not left sending for the sweeper to send again. Committed
+    rows, in a thread with its own connection: a real transaction is lost."""
+    import psycopg
+    from django.db import connection
+
+    from channels_delivery.services import delivery
+
+    monkeypatch.setattr(delivery, "RECORD_RETRY_WAITS", (0.05, 0.05))
+    real_bulk_create = DeliveryAttempt.objects.bulk_create
+    terminated: list[int] = []
+
+    def connection_dies(objects: Any, *args: Any, **kwargs: Any) -> Any:
+        if not terminated:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pid = cursor.fetchone()[0]
+            params = connection.get_connection_params()
+            with psycopg.connect(
+                host=params.get("host"),
+                port=params.get("port"),
+                user=params.get("user"),
+                dbname=params["dbname"],
+                autocommit=True,
+            ) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+            terminated.append(pid)
+        return real_bulk_create(objects, *args, **kwargs)
+
+    def make() -> str:
+        with tenant_context(tenant_a):
+            sms_integration("record-retry", sms_a)
+            # Not a_message(): its subscriber "ann" would be committed too.
+            message = Message.objects.create(
+                event=Event.objects.create(event_type_key="order.shipped", payload={}),
+                subscriber=Subscriber.objects.create(
+                    external_id="record-retry", phone="+447700900123"
+                ),
+                channel="sms",
+                content={"text": "Order A-1 shipped"},
+            )
+            return str(message.pk)
+
+    def deliver(message_id: str) -> Any:
+        with tenant_context(tenant_a):
+            monkeypatch.setattr(DeliveryAttempt.objects, "bulk_create", connection_dies)
+            try:
+                return message_deliver(message_id=uuid.UUID(message_id))
+            finally:
+                monkeypatch.setattr(DeliveryAttempt.objects, "bulk_create", real_bulk_create)
+
+    def stored(message_id: str) -> tuple[str, int, int]:
+        with tenant_context(tenant_a):
+            message = Message.objects.get(pk=message_id)
+            return message.status, message.attempt_count, message.attempts.count()
+
+    def clean() -> None:
+        with tenant_context(tenant_a):
+            Event.objects.filter(messages__subscriber__external_id="record-retry").delete()
+            Subscriber.objects.filter(external_id="record-retry").delete()
+            Integration.objects.filter(name="record-retry").delete()
+
+    message_id = in_own_connection(make)
+    try:
+        report = in_own_connection(lambda: deliver(message_id))
+        assert len(terminated) == 1, "the connection was not cut"
+        assert report.status == MessageStatus.SENT
+        assert in_own_connection(lambda: stored(message_id)) == (MessageStatus.SENT, 1, 1)
+        assert len(sms_a.requests) == 1
+        assert "trying again in 0.05 s" in caplog.text
+    finally:
+        in_own_connection(clean)
