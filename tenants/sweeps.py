@@ -3,7 +3,10 @@
 A sweep that stops at the first tenant whose schema fails (a migration that
 did not run, a row that trips a bug) would leave every later tenant's due
 messages unsent. Each tenant's work runs on its own here: a failure is
-logged with the tenant's name and the sweep goes on to the next one.
+logged with the tenant's name and the sweep goes on to the next one. When
+the database itself is gone (its connection is lost and a new one can not be
+made) every later tenant would fail the same way, so the run stops there
+with one error instead of one per tenant; the next run starts over.
 
 Most tenants have nothing due most of the time, and building a sweep's
 queries costs milliseconds of ORM work per tenant: with thousands of tenants
@@ -23,7 +26,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import EmptyResultSet
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import QuerySet
 from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, tenant_context
@@ -69,10 +72,29 @@ def tenants_each(
                 worked += 1
         except SoftTimeLimitExceeded:
             raise
+        except DatabaseError:
+            if not _database_reachable():
+                logger.error("%s stopped at %s: the database is unreachable", what, tenant.slug)
+                raise
+            failed += 1
+            logger.exception("%s of %s failed", what, tenant.schema_name)
         except Exception:  # one tenant's failure must not hold up the others'
             failed += 1
             logger.exception("%s of %s failed", what, tenant.schema_name)
     return Swept(worked=worked, idle=idle, failed=failed)
+
+
+def _database_reachable() -> bool:
+    """After a database error: whether the database still answers, connecting
+    again if this connection was lost (a terminated backend, a restart)."""
+    try:
+        if connection.connection is not None and connection.is_usable():
+            return True
+        connection.close()
+        connection.ensure_connection()
+    except DatabaseError:
+        return False
+    return True
 
 
 def _probe_compile(querysets: Iterable[QuerySet[Any]]) -> tuple[str, list[Any]]:

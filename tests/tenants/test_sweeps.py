@@ -4,9 +4,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tenants.utils import tenant_context
@@ -30,6 +31,8 @@ from tenants.db import tenant_connection
 from tenants.models import Tenant
 from tenants.services import tenant_set_active
 from tenants.sweeps import Pending, Swept, tenants_each
+from tests.ports import free_port
+from tests.threads import in_own_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -268,3 +271,59 @@ def test_beat_tasks_skip_idle_tenants_with_one_query_each(
     # The tenants list, then one probe per tenant.
     assert len(statements) == 3
     assert all(sql.startswith("SELECT EXISTS (") for sql in statements[1:])
+
+
+# --- the database goes away mid-run ------------------------------------------------------
+
+
+def terminate_own_backend() -> None:
+    """What a PostgreSQL restart does to this connection: the server ends it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        host=params.get("host"),
+        port=params.get("port"),
+        user=params.get("user"),
+        dbname=params["dbname"],
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+def test_a_lost_connection_is_made_again_and_the_run_goes_on(
+    tenant_a: Tenant, tenant_b: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    def work(tenant: Tenant) -> None:
+        seen.append(tenant.slug)
+        if tenant.slug == "alpha":
+            terminate_own_backend()
+        Event.objects.exists()  # in alpha: the server has closed the connection
+
+    # In a thread with its own connection: the test's transaction would die with it.
+    swept = in_own_connection(lambda: tenants_each(work=work, what="sweeping"))
+    assert seen == ["alpha", "beta"]
+    assert swept == Swept(worked=1, idle=0, failed=1)
+    assert "sweeping of alpha failed" in caplog.text
+
+
+def test_the_run_stops_when_the_database_can_not_be_reached(
+    tenant_a: Tenant, tenant_b: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One error for the run, not one per tenant (each a Sentry event)."""
+    seen: list[str] = []
+
+    def work(tenant: Tenant) -> None:
+        seen.append(tenant.slug)
+        terminate_own_backend()
+        # Where this connection would connect again, nothing listens.
+        connection.settings_dict = {**connection.settings_dict, "PORT": str(free_port())}
+        Event.objects.exists()
+
+    with pytest.raises(OperationalError):
+        in_own_connection(lambda: tenants_each(work=work, what="sweeping"))
+    assert seen == ["alpha"]
+    assert "sweeping stopped at alpha: the database is unreachable" in caplog.text
