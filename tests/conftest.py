@@ -14,11 +14,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
+import sentry_sdk
 from django.test import Client
 from django.utils import timezone
 from django_tenants.utils import tenant_context
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
 
 from herald.limits import event_quota_key, limits_redis, month_bounds
+from herald.sentry import sentry_init
 from tenants.authentication import api_key_cache
 from tenants.db import tenant_connection
 from tenants.models import Tenant
@@ -159,3 +163,26 @@ def api_b(api_client_for: Callable[..., ApiClient], tenant_b: Tenant) -> ApiClie
 def in_tenant_a(tenant_a: Tenant) -> Iterator[Tenant]:
     with tenant_context(tenant_a):
         yield tenant_a
+
+
+class CapturingTransport(Transport):
+    """Keeps Sentry's events in memory: nothing leaves the process."""
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.events: list[dict[str, Any]] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        for item in envelope.items:
+            if item.type == "event" and item.payload.json is not None:
+                self.events.append(item.payload.json)
+
+
+@pytest.fixture
+def sentry_events() -> Iterator[CapturingTransport]:
+    """Sentry initialised as production does it, its events kept here."""
+    transport = CapturingTransport()
+    sentry_init(dsn="http://public@127.0.0.1:9/1", environment="test", transport=transport)
+    yield transport
+    sentry_sdk.get_client().close()
+    sentry_sdk.init()  # no DSN: disabled again

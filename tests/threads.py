@@ -28,3 +28,23 @@ def in_own_connection(work: Callable[[], Any], *, timeout: float = 60.0) -> Any:
     if errors:
         raise errors[0]
     return result[0] if result else None
+
+
+def own_backend_terminate() -> None:
+    """End this connection from the server's side, as a PostgreSQL restart does:
+    its next statement fails. Run it in ``in_own_connection``; the test's own
+    transaction would die with it."""
+    import psycopg
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        host=params.get("host"),
+        port=params.get("port"),
+        user=params.get("user"),
+        dbname=params["dbname"],
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])

@@ -23,8 +23,6 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.test import Client, RequestFactory
 from django_tenants.utils import tenant_context
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import Transport
 
 from channels_delivery.models import (
     DeliveryAttempt,
@@ -36,12 +34,11 @@ from channels_delivery.models import (
 from channels_delivery.services.delivery import message_deliver
 from channels_delivery.services.integrations import integration_create
 from channels_delivery.services.webhooks import endpoint_create
-from herald.sentry import sentry_init
 from rules_engine.models import Event, Subscriber
 from tenants.models import Tenant
 from tests.channels_delivery.conftest import Published
 from tests.channels_delivery.sinks import HttpSink, http_sink
-from tests.conftest import TENANT_PASSWORD
+from tests.conftest import TENANT_PASSWORD, CapturingTransport
 from tests.factories import api_key_issue
 
 pytestmark = pytest.mark.django_db
@@ -308,28 +305,6 @@ def test_an_unhandled_error_page_shows_no_secret(
 # --- Sentry -------------------------------------------------------------------------------
 
 
-class CapturingTransport(Transport):
-    """Keeps the events in memory: nothing leaves the process."""
-
-    def __init__(self, options: Any = None) -> None:
-        super().__init__(options)
-        self.events: list[dict[str, Any]] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        for item in envelope.items:
-            if item.type == "event" and item.payload.json is not None:
-                self.events.append(item.payload.json)
-
-
-@pytest.fixture
-def captured() -> Iterator[CapturingTransport]:
-    transport = CapturingTransport()
-    sentry_init(dsn="http://public@127.0.0.1:9/1", environment="test", transport=transport)
-    yield transport
-    sentry_sdk.get_client().close()
-    sentry_sdk.init()  # no DSN: disabled again
-
-
 def wsgi_get(path: str, **headers: Any) -> str:
     """GET through Django's WSGI handler, as gunicorn calls it: Sentry reads the
     request's headers at that layer, which the test client skips."""
@@ -368,7 +343,7 @@ def frame_vars(event: dict[str, Any], function: str) -> dict[str, Any]:
 def test_sentry_scrubs_request_headers_cookies_and_local_variables(
     tenant_a: Tenant,
     held: Secrets,
-    captured: CapturingTransport,
+    sentry_events: CapturingTransport,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     session = f"sess{secrets.token_hex(16)}"
@@ -393,8 +368,8 @@ def test_sentry_scrubs_request_headers_cookies_and_local_variables(
     assert status.startswith("500")
     sentry_sdk.flush()
 
-    assert captured.events, "Sentry captured nothing: the check would be empty"
-    event = captured.events[-1]
+    assert sentry_events.events, "Sentry captured nothing: the check would be empty"
+    event = sentry_events.events[-1]
     # The event is the real thing: the request and the frame's variables are there.
     assert event["request"]["headers"]["X-Herald-Note"] == "visible"
     assert "Authorization" in event["request"]["headers"]
@@ -402,11 +377,11 @@ def test_sentry_scrubs_request_headers_cookies_and_local_variables(
     assert set(variables) >= {"token", "auth_token", "integration", "signing", "header"}
     assert "sms.example" in json.dumps(variables["integration"])
 
-    assert leaked(json.dumps(captured.events), [session, *held.values()]) == []
+    assert leaked(json.dumps(sentry_events.events), [session, *held.values()]) == []
 
 
 def test_sentry_scrubs_secrets_in_messages_and_breadcrumbs(
-    held: Secrets, captured: CapturingTransport
+    held: Secrets, sentry_events: CapturingTransport
 ) -> None:
     """A token quoted in a log line or exception message (a bug elsewhere) is
     masked by its shape: API keys and webhook secrets are recognisable."""
@@ -416,7 +391,7 @@ def test_sentry_scrubs_secrets_in_messages_and_breadcrumbs(
     except ValueError:
         sentry_sdk.capture_exception()
     sentry_sdk.flush()
-    assert captured.events
-    text = json.dumps(captured.events)
+    assert sentry_events.events
+    text = json.dumps(sentry_events.events)
     assert "endpoint refused" in text
     assert leaked(text, [held.api_token, held.webhook_secret]) == []

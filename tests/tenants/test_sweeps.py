@@ -4,7 +4,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import OperationalError, connection, transaction
@@ -32,7 +31,7 @@ from tenants.models import Tenant
 from tenants.services import tenant_set_active
 from tenants.sweeps import Pending, Swept, tenants_each
 from tests.ports import free_port
-from tests.threads import in_own_connection
+from tests.threads import in_own_connection, own_backend_terminate
 
 pytestmark = pytest.mark.django_db
 
@@ -276,22 +275,6 @@ def test_beat_tasks_skip_idle_tenants_with_one_query_each(
 # --- the database goes away mid-run ------------------------------------------------------
 
 
-def terminate_own_backend() -> None:
-    """What a PostgreSQL restart does to this connection: the server ends it."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
-    params = connection.get_connection_params()
-    with psycopg.connect(
-        host=params.get("host"),
-        port=params.get("port"),
-        user=params.get("user"),
-        dbname=params["dbname"],
-        autocommit=True,
-    ) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-
-
 def test_a_lost_connection_is_made_again_and_the_run_goes_on(
     tenant_a: Tenant, tenant_b: Tenant, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -300,7 +283,7 @@ def test_a_lost_connection_is_made_again_and_the_run_goes_on(
     def work(tenant: Tenant) -> None:
         seen.append(tenant.slug)
         if tenant.slug == "alpha":
-            terminate_own_backend()
+            own_backend_terminate()
         Event.objects.exists()  # in alpha: the server has closed the connection
 
     # In a thread with its own connection: the test's transaction would die with it.
@@ -318,7 +301,7 @@ def test_the_run_stops_when_the_database_can_not_be_reached(
 
     def work(tenant: Tenant) -> None:
         seen.append(tenant.slug)
-        terminate_own_backend()
+        own_backend_terminate()
         # Where this connection would connect again, nothing listens.
         connection.settings_dict = {**connection.settings_dict, "PORT": str(free_port())}
         Event.objects.exists()
