@@ -47,15 +47,14 @@ from _common import (
     BenchError,
     Figure,
     Gunicorn,
-    docs_write_section,
     ensure_database,
-    figures_write,
     machine_info,
     markdown_table,
     postgres_version,
+    report_publish,
     run,
+    run_guarded,
     say,
-    signals_as_interrupt,
     utc_now,
     with_database,
     with_redis_db,
@@ -228,7 +227,22 @@ def benchmark(arguments: argparse.Namespace) -> tuple[list[PageTiming], dict[str
     return timings, seeded
 
 
-def report(timings: list[PageTiming], seeded: dict[str, object], argv: list[str]) -> str:
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    timings: list[PageTiming]
+    seeded: dict[str, object]
+    command: str
+    date: str
+    machine: str
+
+    def markdown(self) -> str:
+        return report(self.timings, self.seeded, command=self.command, date=self.date)
+
+    def figures(self) -> list[Figure]:
+        return figures(self.timings, self.seeded)
+
+
+def report(timings: list[PageTiming], seeded: dict[str, object], *, command: str, date: str) -> str:
     machine = machine_info()
     rows = []
     for timing in timings:
@@ -247,9 +261,9 @@ def report(timings: list[PageTiming], seeded: dict[str, object], argv: list[str]
         )
     return "\n".join(
         [
-            f"Measured {utc_now()} on {machine.describe()}, PostgreSQL {seeded.get('postgres')}.",
+            f"Measured {date} on {machine.describe()}, PostgreSQL {seeded.get('postgres')}.",
             "",
-            f"Command: `.venv/bin/python bench/dashboard.py {' '.join(argv)}`",
+            f"Command: `{command}`",
             "",
             f"Tenant `{TENANT}`: {seeded['messages']:,} messages, {seeded['events']:,} events, "
             f"{seeded['attempts']:,} delivery attempts, {seeded['rollup_rows']:,} rollup rows. "
@@ -292,29 +306,23 @@ def main(argv: list[str] | None = None) -> int:
         "--figures", metavar="PATH", help="also write the headline figures as JSON (bench/all.py)"
     )
     arguments = parser.parse_args(argv)
-    try:
-        with signals_as_interrupt():
-            timings, seeded = benchmark(arguments)
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    except BenchError as error:
-        say(f"failed: {error}")
-        return 1
-    text = report(timings, seeded, argv)
-    print(text)
-    if arguments.figures:
-        figures_write(
-            arguments.figures,
-            bench="dashboard",
+    measured = run_guarded(lambda: benchmark(arguments))
+    if isinstance(measured, int):
+        return measured
+    timings, seeded = measured
+    report_publish(
+        Report(
+            timings=timings,
+            seeded=seeded,
             command=f".venv/bin/python bench/dashboard.py {' '.join(argv)}".strip(),
             date=utc_now(),
             machine=machine_info().describe(),
-            figures=figures(timings, seeded),
-        )
-    if arguments.write_docs:
-        docs_write_section(name="dashboard", title="Dashboard", generated=text)
-        say("wrote docs/benchmarks.md")
+        ),
+        bench="dashboard",
+        title="Dashboard",
+        figures=arguments.figures,
+        write_docs=arguments.write_docs,
+    )
     return 0
 
 
