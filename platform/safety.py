@@ -79,6 +79,40 @@ def refuse_bad_trusted_proxies(entries: Sequence[str], *, herald_env: str) -> No
         raise UnsafeSettings(problems)
 
 
+def refuse_bad_task_timing(
+    *,
+    soft_time_limit: int,
+    time_limit: int,
+    sending_timeout: int,
+    countdown_max: int,
+    visibility_timeout: int,
+) -> None:
+    """Timings that would make Herald send a message twice, in any environment:
+    the sweeper must not take back a message whose worker may still be sending
+    it, and the broker must not hand a task waiting on its countdown to a second
+    worker."""
+    problems: list[str] = []
+    if not 0 < soft_time_limit < time_limit:
+        problems.append(
+            f"CELERY_TASK_SOFT_TIME_LIMIT ({soft_time_limit}) must be above 0 and below "
+            f"CELERY_TASK_TIME_LIMIT ({time_limit}), so a task can stop cleanly first"
+        )
+    if sending_timeout <= time_limit:
+        problems.append(
+            f"HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS ({sending_timeout}) must be above "
+            f"CELERY_TASK_TIME_LIMIT ({time_limit}): the sweeper would queue again, and send "
+            "a second time, a message whose worker is still sending it"
+        )
+    if not 0 <= countdown_max < visibility_timeout:
+        problems.append(
+            f"HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS ({countdown_max}) must be from 0 to below "
+            f"the broker's visibility timeout ({visibility_timeout} s): Redis would hand a "
+            "task still waiting on its countdown to a second worker"
+        )
+    if problems:
+        raise UnsafeSettings(problems)
+
+
 def refuse_unsafe_settings(
     *,
     herald_env: str,

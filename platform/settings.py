@@ -255,8 +255,6 @@ HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS: int = env.int(
 # The sweeper (every 15 s) publishes due queued messages untouched this long: a
 # retry or a scheduled send whose time came, or a publish that was lost.
 HERALD_DELIVERY_GRACE_SECONDS: int = env.int("HERALD_DELIVERY_GRACE_SECONDS", default=60)
-# A message "sending" this long lost its worker; the sweeper queues it again.
-# Keep it above CELERY_TASK_TIME_LIMIT.
 # The waits before each retry of a retryable delivery failure, seconds,
 # comma-separated (each jittered by 20 %); one more failure after the last and
 # the message fails. Also bounds a message's attempts (one more than waits).
@@ -266,8 +264,17 @@ HERALD_DELIVERY_RETRY_SCHEDULE: tuple[float, ...] = safety.retry_schedule(
         default=["0", "5", "300", "1800", "7200", "18000", "36000", "36000"],
     )
 )
+# A message "sending" this long lost its worker; the sweeper queues it again.
+# Must be above CELERY_TASK_TIME_LIMIT (checked below).
 HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS: int = env.int(
     "HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS", default=600
+)
+safety.refuse_bad_task_timing(
+    soft_time_limit=CELERY_TASK_SOFT_TIME_LIMIT,
+    time_limit=CELERY_TASK_TIME_LIMIT,
+    sending_timeout=HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS,
+    countdown_max=HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS,
+    visibility_timeout=CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"],
 )
 
 # --- CEL rule conditions (rules_engine.cel) --------------------------------------

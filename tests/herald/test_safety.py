@@ -11,6 +11,7 @@ from herald.safety import (
     DEV_ENCRYPTION_KEY,
     DEV_SECRET_KEY,
     UnsafeSettings,
+    refuse_bad_task_timing,
     refuse_bad_trusted_proxies,
     refuse_unsafe_settings,
 )
@@ -121,3 +122,41 @@ def test_production_does_not_trust_every_address_as_a_proxy(everyone: str) -> No
     refuse_bad_trusted_proxies([everyone], herald_env="development")
     with pytest.raises(UnsafeSettings, match="every address"):
         refuse_bad_trusted_proxies([everyone], herald_env="production")
+
+
+GOOD_TIMING = {
+    "soft_time_limit": 120,
+    "time_limit": 150,
+    "sending_timeout": 600,
+    "countdown_max": 60,
+    "visibility_timeout": 3600,
+}
+
+
+def test_task_timings_that_would_send_twice_are_refused() -> None:
+    refuse_bad_task_timing(**GOOD_TIMING)
+    with pytest.raises(UnsafeSettings) as refused:
+        refuse_bad_task_timing(
+            **{**GOOD_TIMING, "soft_time_limit": 150, "sending_timeout": 150, "countdown_max": 3600}
+        )
+    assert [problem.split(" (")[0] for problem in refused.value.problems] == [
+        "CELERY_TASK_SOFT_TIME_LIMIT",
+        "HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS",
+        "HERALD_DELIVERY_COUNTDOWN_MAX_SECONDS",
+    ]
+    assert "send a second time" in refused.value.problems[1]
+
+
+def test_a_sending_timeout_within_the_task_time_limit_stops_any_environment() -> None:
+    result = start(
+        {
+            "HERALD_ENV": "development",
+            "CELERY_TASK_TIME_LIMIT": "300",
+            "HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS": "240",
+        }
+    )
+    assert result.returncode != 0
+    assert (
+        "HERALD_DELIVERY_SENDING_TIMEOUT_SECONDS (240) must be above CELERY_TASK_TIME_LIMIT (300)"
+        in result.stderr
+    )
