@@ -148,9 +148,9 @@ def http_result(
     URL is wrong, and redirects are never followed); other 4xx permanent;
     timeouts and connection errors retryable; a URL or address the SSRF guard
     refuses a config error, but a host name that gave no address retryable
-    (it resolved when the URL was saved: a resolver outage passes). ``detail``
-    is the provider's own
-    reading of an error body, used as the error text when given.
+    (it resolved when the URL was saved: a resolver outage passes).
+    ``detail`` is the provider's own reading of an error body, used as the
+    error text when given.
     """
     if isinstance(outcome, HostUnresolved):
         return ProviderResult(kind=ResultKind.RETRYABLE, error=outcome.reason)
