@@ -289,6 +289,35 @@ def with_redis_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
+def herald_environment(
+    *, database_url: str, redis_url: str, settings_module: str = "herald.settings"
+) -> dict[str, str]:
+    """This process's environment with what every benchmark runs Herald with: its
+    own database and Redis (the broker too), development mode without DEBUG
+    (Django's query log would cost time on every query), warnings only, no Sentry."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=redis_url,
+        HERALD_ENV="development",
+        DEBUG="false",
+        LOG_LEVEL="WARNING",
+        DJANGO_SETTINGS_MODULE=settings_module,
+    )
+    env.pop("SENTRY_DSN", None)
+    return env
+
+
+def environment_configure(*, database_url: str, redis_url: str) -> dict[str, str]:
+    """``herald_environment`` for Herald run in this process (Django reads it when
+    it starts); returned too, for the child processes it starts (migrate_schemas)."""
+    env = herald_environment(database_url=database_url, redis_url=redis_url)
+    os.environ.clear()
+    os.environ.update(env)
+    return env
+
+
 def libpq_url(url: str) -> str:
     """A URL libpq and psycopg accept (Django's ``postgres://`` works too, but be explicit)."""
     for scheme in ("postgres://", "pgsql://", "postgis://"):

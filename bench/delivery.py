@@ -87,6 +87,7 @@ from _common import (
     find_executable,
     free_port,
     git_state,
+    herald_environment,
     http_request,
     load_average,
     machine_info,
@@ -237,22 +238,12 @@ def sink_dump(url: str) -> list[dict[str, Any]]:
 
 def stack_env(*, database_url: str, redis_url: str) -> dict[str, str]:
     """The environment of every Herald process here (server and workers)."""
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-        HERALD_ENV="development",
-        DEBUG="false",  # Django's debug query log would cost time on every query
-        LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="herald.settings",
-        # The sink listens on 127.0.0.1, which the SSRF guard refuses by default.
-        HERALD_ALLOW_LOOPBACK_URLS="true",
-    )
+    env = herald_environment(database_url=database_url, redis_url=redis_url)
+    # The sink listens on 127.0.0.1, which the SSRF guard refuses by default.
+    env["HERALD_ALLOW_LOOPBACK_URLS"] = "true"
     env.setdefault("HERALD_RATE_LIMIT_ENABLED", "true")
     # No database backend ends mid-run (production: 60 s).
     env.setdefault("DATABASE_CONN_MAX_AGE", "3600")
-    env.pop("SENTRY_DSN", None)
     return env
 
 

@@ -68,6 +68,7 @@ from _common import (  # noqa: E402
     Figure,
     cpu_busy_percent,
     ensure_database,
+    environment_configure,
     find_executable,
     libpq_url,
     load_average,
@@ -164,21 +165,6 @@ def expected_content(number: int) -> dict[str, str]:
 
 
 # --- The environment and the data ---------------------------------------------------
-
-
-def configure_environment(database_url: str, redis_url: str) -> dict[str, str]:
-    """This process's settings (read when Django starts), also passed to migrate_schemas."""
-    os.environ.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-        HERALD_ENV="development",
-        DEBUG="false",  # Django's debug query log would cost time on every query
-        LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="herald.settings",
-    )
-    os.environ.pop("SENTRY_DSN", None)
-    return dict(os.environ)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1234,7 +1220,7 @@ def benchmark(arguments: argparse.Namespace, argv: list[str], py_spy_path: str |
     redis_url = with_redis_db(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL, BENCH_REDIS_DB)
     if ensure_database(database_url):
         say(f"created database {BENCH_DATABASE}")
-    env = configure_environment(database_url, redis_url)
+    env = environment_configure(database_url=database_url, redis_url=redis_url)
     redis_flush(redis_url)
     try:
         return measure(

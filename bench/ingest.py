@@ -60,6 +60,7 @@ from _common import (
     ensure_database,
     find_executable,
     find_pgbench,
+    herald_environment,
     http_request,
     load_average,
     machine_info,
@@ -283,22 +284,14 @@ print("BENCH_SETUP " + json.dumps({{
 
 
 def stack_env(*, database_url: str, redis_url: str, settings_module: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-        HERALD_ENV="development",
-        DEBUG="false",  # Django's debug query log would cost time on every query
-        LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE=settings_module,
+    env = herald_environment(
+        database_url=database_url, redis_url=redis_url, settings_module=settings_module
     )
     # On unless turned off explicitly (to measure what the limiter costs).
     env.setdefault("HERALD_RATE_LIMIT_ENABLED", "true")
     # Connections live through the whole run (production: 60 s), so that no
     # database backend ends mid-run and takes its CPU time out of the account.
     env.setdefault("DATABASE_CONN_MAX_AGE", "3600")
-    env.pop("SENTRY_DSN", None)
     return env
 
 

@@ -47,6 +47,7 @@ from _common import (  # noqa: E402
     BenchError,
     Figure,
     ensure_database,
+    environment_configure,
     machine_info,
     markdown_table,
     postgres_version,
@@ -156,19 +157,6 @@ class Report:
         )
 
 
-def configure_environment(database_url: str, redis_url: str) -> None:
-    os.environ.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-        HERALD_ENV="development",
-        DEBUG="false",  # Django's debug query log would cost time on every query
-        LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="herald.settings",
-    )
-    os.environ.pop("SENTRY_DSN", None)
-
-
 def tenants_prepare(count: int) -> None:
     """Migrations, the base tenant and ``count`` clones of it (kept between runs)."""
     from django.core.management import call_command
@@ -249,7 +237,7 @@ def benchmark(arguments: argparse.Namespace, argv: list[str]) -> Report:
     redis_url = with_redis_db(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL, BENCH_REDIS_DB)
     if ensure_database(database_url):
         say(f"created the database {BENCH_DATABASE}")
-    configure_environment(database_url, redis_url)
+    environment_configure(database_url=database_url, redis_url=redis_url)
     sys.path.insert(0, str(ROOT))
     import django
 
